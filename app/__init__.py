@@ -1,0 +1,1 @@
+"""The Loratlas application: the service facade, the CLI and the Gradio UI."""

@@ -1,0 +1,177 @@
+"""`loratlas` command line: inspect, generate, serve. JSON output is a stable interface."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("diffusers", "transformers", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size '{text}' must look like 512x512") from None
+    return width, height
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loratlas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def base_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--base-model", help="diffusers folder, .safetensors checkpoint or hub id")
+        p.add_argument("--base-config", help="diffusers folder describing a single-file model")
+        p.add_argument("--library", help="folder of LoRA files (slug = file name)")
+        p.add_argument("--device", help="cpu, cuda or auto (default)")
+
+    p = sub.add_parser("inspect", help="check one LoRA file and describe it")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--alpha", type=float, help="the LoRA's alpha, if its author gives one")
+    p.add_argument("--base-family", choices=["sd1", "sd2", "sdxl", "flux", "starter"],
+                   help="refuse the file unless it is for this family")
+    base_args(p)
+
+    p = sub.add_parser("generate", help="generate images with several LoRAs at once")
+    p.add_argument("prompt", nargs="?")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME_OR_PATH[:WEIGHT]")
+    p.add_argument("--lora-json", action="append", default=[], metavar="JSON",
+                   help='{"ref": ..., "weight": 1, "block_weights": {...}, "step_weights": [1, 0]}')
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--size", type=_size)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--negative", default="")
+    p.add_argument("--apply", choices=["adapters", "fused"], default="adapters")
+    p.add_argument("--recipe", help="replay a recipe (.json, or a PNG written by Loratlas)")
+    p.add_argument("--out", default="out")
+    p.add_argument("--json", action="store_true")
+    base_args(p)
+
+    p = sub.add_parser("serve", help="launch the web app")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    base_args(p)
+    return parser
+
+
+def _service(args: argparse.Namespace):
+    from app.service import LoratlasService, ServiceConfig
+
+    return LoratlasService(ServiceConfig.from_env(
+        base_model=args.base_model, base_config=args.base_config, library=args.library,
+        device=args.device))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    service = _service(args)
+    result = service.inspect(args.file, alpha=args.alpha, base_family=args.base_family,
+                             against_base=bool(args.base_model))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        status = "usable" if result.ok else "REFUSED"
+        print(f"{Path(args.file).name}: {status}")
+        print(f"  format {result.format}, family {result.family}, rank {result.rank}, "
+              f"alpha {result.alpha}, {result.modules} modules, {result.dtype}")
+        if result.metadata.get("name"):
+            print(f"  name: {result.metadata['name']}")
+        for warning in result.warnings:
+            print(f"  note: {warning}")
+        for error in result.errors:
+            print(f"  error: {error['message']}")
+    return 0 if result.ok else 2
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from app.service import GenerateRequest, LoraRequest, ServiceError
+    from fusion.recipe import Recipe
+
+    service = _service(args)
+    try:
+        if args.recipe:
+            recipe = Recipe.load(args.recipe)
+            if not service.config.base_model:
+                service = _service(argparse.Namespace(**{**vars(args),
+                                                         "base_model": recipe.base_model}))
+            result = service.replay(recipe, args.out)
+        else:
+            if not args.prompt:
+                raise ServiceError("give a PROMPT or --recipe FILE")
+            loras = [LoraRequest.parse(t) for t in args.lora]
+            loras += [LoraRequest(**json.loads(t)) for t in args.lora_json]
+            width, height = args.size or (None, None)
+            result = service.generate(GenerateRequest(
+                prompt=args.prompt, loras=loras, steps=args.steps, seed=args.seed,
+                num_images=args.num_images, width=width, height=height,
+                guidance_scale=args.guidance, negative_prompt=args.negative, apply=args.apply),
+                args.out)
+    except (ServiceError, ValueError, OSError) as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        else:
+            print(f"loratlas generate: {exc}", file=sys.stderr)
+        return 2
+    payload = {"ok": True, **result.to_json()}
+    if args.recipe and args.recipe.lower().endswith(".png"):
+        payload["identical_to_source"] = _same_pixels(args.recipe, result.files[0])
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        for path in result.files:
+            print(path)
+        print(f"{result.seconds_per_image:.2f} s per image")
+        if "identical_to_source" in payload:
+            print(f"identical to {args.recipe}: {payload['identical_to_source']}")
+    return 0
+
+
+def _same_pixels(a: str, b: str) -> bool:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(a) as first, Image.open(b) as second:
+        return bool(np.array_equal(np.asarray(first), np.asarray(second)))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.web import launch
+
+    launch(_service(args), host=args.host, port=args.port)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    handler = {"inspect": cmd_inspect, "generate": cmd_generate, "serve": cmd_serve}
+    return handler[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The one facade the CLI and the web UI call: typed requests in, typed results out."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fusion.base import BaseModel, load_base
+from fusion.engine import GenerationEngine, LoraUse
+from fusion.recipe import Recipe, RecipeLora, save_png
+from styles.errors import LoraRefused
+from styles.reader import ReadOptions, read_lora
+from styles.safe_read import ReadLimits
+
+
+class ServiceError(Exception):
+    """A request the service cannot fulfil; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings, also read from the environment (LORATLAS_*), e.g. for a Space."""
+
+    base_model: str | None = None
+    base_config: str | None = None
+    library: str | None = None
+    device: str | None = None
+    max_upload_mb: int = 2048
+
+    @classmethod
+    def from_env(cls, **overrides) -> ServiceConfig:
+        env = {"base_model": os.environ.get("LORATLAS_BASE_MODEL"),
+               "base_config": os.environ.get("LORATLAS_BASE_CONFIG"),
+               "library": os.environ.get("LORATLAS_LIBRARY"),
+               "device": os.environ.get("LORATLAS_DEVICE")}
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)
+
+
+@dataclass
+class LoraRequest:
+    """A LoRA named by library slug or path, with its weight and optional schedules."""
+
+    ref: str
+    weight: float = 1.0
+    block_weights: dict | None = None
+    step_weights: list[float] | None = None
+    alpha: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> LoraRequest:
+        """`NAME_OR_PATH[:WEIGHT]`."""
+        ref, sep, weight = text.rpartition(":")
+        if sep and ref:
+            try:
+                return cls(ref=ref, weight=float(weight))
+            except ValueError:
+                pass
+        return cls(ref=text)
+
+
+@dataclass
+class GenerateRequest:
+    prompt: str
+    loras: list[LoraRequest] = field(default_factory=list)
+    steps: int = 20
+    seed: int = 0
+    num_images: int = 1
+    width: int | None = None
+    height: int | None = None
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    apply: str = "adapters"
+
+
+@dataclass
+class GenerateResult:
+    files: list[str]
+    recipe: dict
+    seconds_per_image: float
+    images: list = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict:
+        return {"files": self.files, "recipe": self.recipe,
+                "seconds_per_image": round(self.seconds_per_image, 4)}
+
+
+@dataclass
+class InspectResult:
+    ok: bool
+    format: str | None
+    family: str | None
+    rank: int | None
+    alpha: float | None
+    modules: int
+    dtype: str | None
+    metadata: dict
+    warnings: list[str]
+    errors: list[dict]
+    sha256: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class LoratlasService:
+    """Owns the base model, the engine and the library; all state lives here."""
+
+    def __init__(self, config: ServiceConfig | None = None) -> None:
+        self.config = config or ServiceConfig.from_env()
+        self._base: BaseModel | None = None
+        self._engine: GenerationEngine | None = None
+        self._load_lock = threading.Lock()
+
+    # -- base model ------------------------------------------------------------------------
+    @property
+    def engine(self) -> GenerationEngine:
+        with self._load_lock:
+            if self._engine is None:
+                source = self.config.base_model or str(self.default_base())
+                self._base = load_base(source, self.config.device, self.config.base_config)
+                self._engine = GenerationEngine(self._base)
+            return self._engine
+
+    def default_base(self) -> Path:
+        """The embedded default: the placeholder pipeline until the starter pack ships."""
+        from fusion.placeholder import build_placeholder_pipeline, default_placeholder_dir
+
+        return build_placeholder_pipeline(default_placeholder_dir())
+
+    @property
+    def base_note(self) -> str:
+        from fusion.placeholder import PLACEHOLDER_NOTE
+
+        return self.config.base_model or PLACEHOLDER_NOTE
+
+    @property
+    def limits(self) -> ReadLimits:
+        return ReadLimits(max_file_bytes=self.config.max_upload_mb * 1024**2)
+
+    # -- library ---------------------------------------------------------------------------
+    def library_files(self) -> dict[str, Path]:
+        """slug → file for every .safetensors in the library folder."""
+        if not self.config.library:
+            return {}
+        folder = Path(self.config.library)
+        return {p.stem: p for p in sorted(folder.glob("*.safetensors"))} if folder.is_dir() else {}
+
+    def resolve_ref(self, ref: str) -> Path:
+        path = Path(ref)
+        if path.is_file():
+            return path
+        library = self.library_files()
+        if ref in library:
+            return library[ref]
+        known = ", ".join(sorted(library)[:10]) or "none (no --library given)"
+        raise ServiceError(f"LoRA '{ref}' is neither a file nor a style in the library "
+                           f"(known: {known}).")
+
+    # -- actions ---------------------------------------------------------------------------
+    def inspect(self, path: str | Path, alpha: float | None = None,
+                base_family: str | None = None, against_base: bool = False) -> InspectResult:
+        """Read and check one file; never raises for a bad file, reports it instead."""
+        table = self.engine.base.table if against_base else None
+        options = ReadOptions(base_table=table, base_family=base_family, alpha=alpha,
+                              limits=self.limits)
+        try:
+            lora = read_lora(path, options)
+        except LoraRefused as refusal:
+            d = refusal.details
+            return InspectResult(False, d.get("format"), d.get("family"), None, None, 0, None,
+                                 d.get("metadata", {}), [], [refusal.to_dict()], d.get("sha256"))
+        return InspectResult(True, lora.format, lora.family, lora.rank, lora.alpha,
+                             len(lora.modules), lora.dtype, lora.metadata.to_dict(),
+                             [w for w in lora.warnings if w], [], lora.sha256)
+
+    def generate(self, request: GenerateRequest, out_dir: str | Path | None = None,
+                 on_step=None) -> GenerateResult:
+        """Generate images with the requested LoRAs; write PNGs with recipes if out_dir."""
+        engine = self.engine
+        uses = [self._use(item, engine) for item in request.loras]
+        default = engine.base.pipe.unet.config.sample_size * engine.base.pipe.vae_scale_factor
+        try:
+            recipe = engine.recipe_for(
+                request.prompt, uses, seed=request.seed, steps=request.steps,
+                num_images=request.num_images, width=request.width or default,
+                height=request.height or default, guidance_scale=request.guidance_scale,
+                negative_prompt=request.negative_prompt, apply=request.apply)
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from exc
+        return self._run(recipe, uses, out_dir, on_step)
+
+    def replay(self, recipe: Recipe, out_dir: str | Path | None = None) -> GenerateResult:
+        """Regenerate from a recipe; every LoRA must have the recorded sha256."""
+        engine = self.engine
+        uses = []
+        for item in recipe.loras:
+            use = self._use(LoraRequest(item.ref, item.weight, item.block_weights,
+                                        item.step_weights, item.alpha), engine)
+            if use.lora.sha256 != item.sha256:
+                raise ServiceError(f"LoRA '{item.ref}' has changed since the recipe was made "
+                                   f"(sha256 {use.lora.sha256[:12]} ≠ {item.sha256[:12]}).")
+            uses.append(use)
+        return self._run(recipe, uses, out_dir, None)
+
+    def _use(self, item: LoraRequest, engine: GenerationEngine) -> LoraUse:
+        path = self.resolve_ref(item.ref)
+        try:
+            lora = read_lora(path, ReadOptions(base_table=engine.base.table, alpha=item.alpha,
+                                               limits=self.limits))
+        except LoraRefused as refusal:
+            raise ServiceError(str(refusal)) from refusal
+        return LoraUse(lora, item.ref, item.weight, item.block_weights, item.step_weights)
+
+    def _run(self, recipe: Recipe, uses: list[LoraUse], out_dir, on_step) -> GenerateResult:
+        output = self.engine.generate(recipe, uses, on_step=on_step)
+        files = []
+        if out_dir is not None:
+            folder = Path(out_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            for image, image_recipe in zip(output.images, output.recipes, strict=True):
+                name = f"loratlas_{image_recipe.seed}_{recipe_digest(image_recipe)}.png"
+                files.append(str(save_png(image, image_recipe, folder / name)))
+        return GenerateResult(files, asdict(recipe), output.seconds_per_image, output.images)
+
+
+def recipe_digest(recipe: Recipe) -> str:
+    import hashlib
+
+    return hashlib.sha256(recipe.to_json().encode()).hexdigest()[:10]
+
+
+__all__ = ["GenerateRequest", "GenerateResult", "InspectResult", "LoraRequest",
+           "LoratlasService", "Recipe", "RecipeLora", "ServiceConfig", "ServiceError"]

@@ -1,0 +1,1 @@
+"""The generation engine: a base pipeline with several LoRAs applied at once."""

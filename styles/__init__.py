@@ -1,0 +1,1 @@
+"""What a style is and where styles live: LoRA files, their validation, the catalog."""
