@@ -57,8 +57,10 @@ class GenerationEngine:
                       scheduler=type(self.base.pipe.scheduler).__name__, loras=loras, **settings)
 
     def generate(self, recipe: Recipe, uses: list[LoraUse],
-                 on_step: callable | None = None) -> GenerationOutput:
-        """Run the recipe with `uses` (same order as recipe.loras); one image per seed."""
+                 on_step: callable | None = None, output_type: str = "pil") -> GenerationOutput:
+        """Run the recipe with `uses` (same order as recipe.loras); one image per seed.
+
+        `output_type="latent"` stops before the VAE (benchmarks, training)."""
         # 1. check the LoRAs fit this base
         for use in uses:
             if use.lora.family not in (self.base.family, "unknown"):
@@ -71,10 +73,10 @@ class GenerationEngine:
             with torch.no_grad():
                 active = [ActiveLora(self.adapters.ensure(u.lora), u.lora, u.weight,
                                      u.block_weights, u.step_weights) for u in uses]
-            return self._generate_locked(recipe, uses, active, on_step, start)
+            return self._generate_locked(recipe, uses, active, on_step, start, output_type)
 
     def _generate_locked(self, recipe: Recipe, uses: list[LoraUse], active: list[ActiveLora],
-                         on_step, start: float) -> GenerationOutput:
+                         on_step, start: float, output_type: str) -> GenerationOutput:
         with torch.inference_mode():
             by_name = {a.adapter: a for a in active}
 
@@ -89,7 +91,7 @@ class GenerationEngine:
             applied = (FusedWeights if recipe.apply == "fused" else LayerScales)(
                 self.adapters, active, weight_fn) if active else None
             try:
-                images = [self._one_image(recipe, i, applied, on_step)
+                images = [self._one_image(recipe, i, applied, on_step, output_type)
                           for i in range(recipe.num_images)]
             finally:
                 if applied is not None:
@@ -97,7 +99,8 @@ class GenerationEngine:
         seconds = time.perf_counter() - start
         return GenerationOutput(images, [recipe.for_image(i) for i in range(len(images))], seconds)
 
-    def _one_image(self, recipe: Recipe, index: int, applied, on_step) -> Image.Image:
+    def _one_image(self, recipe: Recipe, index: int, applied, on_step,
+                   output_type: str) -> Image.Image:
         # 3. seed per image, so any one image replays alone
         generator = torch.Generator("cpu").manual_seed(recipe.seed + index)
         scales = applied if isinstance(applied, LayerScales) else None
@@ -117,6 +120,6 @@ class GenerationEngine:
             prompt=recipe.prompt, negative_prompt=recipe.negative_prompt or None,
             num_inference_steps=recipe.steps, guidance_scale=recipe.guidance_scale,
             width=recipe.width, height=recipe.height, generator=generator,
-            callback_on_step_end=step_end, output_type="pil",
+            callback_on_step_end=step_end, output_type=output_type,
         )
         return result.images[0]

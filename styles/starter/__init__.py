@@ -1,0 +1,1 @@
+"""Procedural starter world: deterministic scenes, captions and 28 composable image styles."""
