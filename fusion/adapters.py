@@ -21,13 +21,10 @@ from styles.lora import LoraFile
 
 @dataclass
 class ActiveLora:
-    """One LoRA in one request: its adapter name and how strongly it applies."""
+    """One LoRA in one request and the name of its PEFT adapter; weights come from a WeightFn."""
 
     adapter: str
     lora: LoraFile
-    weight: float = 1.0
-    block_weights: dict | None = None
-    step_weights: list[float] | None = None
 
 
 def adapter_name(lora: LoraFile) -> str:

@@ -66,19 +66,20 @@ class GenerationEngine:
             if use.lora.family not in (self.base.family, "unknown"):
                 raise WrongFamily(use.lora.path, f"it is a {use.lora.family} LoRA and the base "
                                   f"model is {self.base.family}.", "Pick a matching LoRA.")
+        if len({u.lora.sha256 for u in uses}) < len(uses):
+            raise ValueError("the same LoRA file is listed twice; give it once with one weight")
         start = time.perf_counter()
         with self._lock:
             # 2. activate this request's adapters only (injected outside inference mode, so
             #    their tensors stay ordinary tensors that training code can use too)
             with torch.no_grad():
-                active = [ActiveLora(self.adapters.ensure(u.lora), u.lora, u.weight,
-                                     u.block_weights, u.step_weights) for u in uses]
+                active = [ActiveLora(self.adapters.ensure(u.lora), u.lora) for u in uses]
             return self._generate_locked(recipe, uses, active, on_step, start, output_type)
 
     def _generate_locked(self, recipe: Recipe, uses: list[LoraUse], active: list[ActiveLora],
                          on_step, start: float, output_type: str) -> GenerationOutput:
         with torch.inference_mode():
-            by_name = {a.adapter: a for a in active}
+            by_name = {a.adapter: use for a, use in zip(active, uses, strict=True)}
 
             def weight_fn(adapter: str, target: str, step: int) -> float:
                 item = by_name[adapter]

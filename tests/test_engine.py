@@ -69,8 +69,8 @@ def test_merged_delta_matches_the_sum_of_deltas(engine, loras, tiny_base):
     layer = tiny_base.pipe.unet.get_submodule(path)
     from fusion.adapters import ActiveLora, LayerScales
 
-    active = [ActiveLora(engine.adapters.ensure(u.lora), u.lora, u.weight) for u in uses]
-    weights = {a.adapter: a.weight for a in active}
+    active = [ActiveLora(engine.adapters.ensure(u.lora), u.lora) for u in uses]
+    weights = {a.adapter: u.weight for a, u in zip(active, uses, strict=True)}
     scales = LayerScales(engine.adapters, active, lambda name, t, s: weights[name])
     scales.apply(0)
     x = torch.randn(2, layer.in_features)
