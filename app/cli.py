@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     base_args(p)
 
+    p = sub.add_parser("starter", help="the starter pack")
+    starter = p.add_subparsers(dest="starter_command", required=True)
+    b = starter.add_parser("build", help="regenerate the starter pack from scratch (resumable)")
+    b.add_argument("--stages", default="base,loras,clip,judges")
+    b.add_argument("--unet-steps", type=int)
+    b.add_argument("--lora-steps", type=int)
+
     p = sub.add_parser("serve", help="launch the web app")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
@@ -166,10 +173,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_starter(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from styles.starter.build import BuildPlan, build
+
+    plan = BuildPlan()
+    if args.unet_steps:
+        plan = replace(plan, unet_steps=args.unet_steps)
+    if args.lora_steps:
+        plan = replace(plan, lora_steps=args.lora_steps)
+    timings = build(plan, tuple(s.strip() for s in args.stages.split(",") if s.strip()))
+    print(json.dumps({"seconds": timings}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    handler = {"inspect": cmd_inspect, "generate": cmd_generate, "serve": cmd_serve}
+    handler = {"inspect": cmd_inspect, "generate": cmd_generate, "serve": cmd_serve,
+               "starter": cmd_starter}
     return handler[args.command](args)
 
 

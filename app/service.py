@@ -13,6 +13,7 @@ from fusion.recipe import Recipe, RecipeLora, save_png
 from styles.errors import LoraRefused
 from styles.reader import ReadOptions, read_lora
 from styles.safe_read import ReadLimits
+from styles.starter.paths import PIPELINE_DIR, starter_available, starter_loras
 
 
 class ServiceError(Exception):
@@ -125,16 +126,24 @@ class LoratlasService:
             return self._engine
 
     def default_base(self) -> Path:
-        """The embedded default: the placeholder pipeline until the starter pack ships."""
+        """The embedded default: the starter pack, or a placeholder if it is not built."""
+        if starter_available():
+            return PIPELINE_DIR
         from fusion.placeholder import build_placeholder_pipeline, default_placeholder_dir
 
         return build_placeholder_pipeline(default_placeholder_dir())
 
     @property
+    def uses_starter(self) -> bool:
+        return not self.config.base_model and starter_available()
+
+    @property
     def base_note(self) -> str:
         from fusion.placeholder import PLACEHOLDER_NOTE
 
-        return self.config.base_model or PLACEHOLDER_NOTE
+        if self.config.base_model:
+            return self.config.base_model
+        return "the Loratlas starter pack (64×64)" if starter_available() else PLACEHOLDER_NOTE
 
     @property
     def limits(self) -> ReadLimits:
@@ -142,11 +151,12 @@ class LoratlasService:
 
     # -- library ---------------------------------------------------------------------------
     def library_files(self) -> dict[str, Path]:
-        """slug → file for every .safetensors in the library folder."""
-        if not self.config.library:
-            return {}
-        folder = Path(self.config.library)
-        return {p.stem: p for p in sorted(folder.glob("*.safetensors"))} if folder.is_dir() else {}
+        """slug → file: the starter styles (with the starter base), then the library folder."""
+        files = starter_loras() if self.uses_starter else {}
+        folder = Path(self.config.library) if self.config.library else None
+        if folder is not None and folder.is_dir():
+            files.update({p.stem: p for p in sorted(folder.glob("*.safetensors"))})
+        return files
 
     def resolve_ref(self, ref: str) -> Path:
         path = Path(ref)

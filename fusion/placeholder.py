@@ -4,6 +4,7 @@ model until the starter pack is built (it draws structured noise, and says so)."
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -49,11 +50,14 @@ def build_placeholder_pipeline(folder: str | Path, sample_size: int = 32) -> Pat
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         return folder
-    tokenizer_dir = write_clip_tokenizer_files(folder / "_clip_tokenizer")
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer_dir = write_clip_tokenizer_files(tmp / "_clip_tokenizer")
     pipe = StableDiffusionPipeline(**dummy_components(tokenizer_dir, sample_size),
                                    requires_safety_checker=False)
-    tmp = folder.with_name(folder.name + ".tmp")
-    pipe.save_pretrained(tmp)
+    pipe.save_pretrained(tmp)  # writes its own tokenizer/ folder
+    shutil.rmtree(tokenizer_dir)
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt, if any
     tmp.replace(folder)
     return folder
 

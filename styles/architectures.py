@@ -124,6 +124,10 @@ REFERENCE_CONFIGS: dict[str, dict] = {
 @lru_cache(maxsize=4)
 def reference_table(family: str) -> ModuleTable | None:
     """The module table of a family's reference architecture, built on the meta device."""
+    if family == "starter":
+        from styles.starter.base_model import TEXT_CONFIG, UNET_CONFIG
+
+        REFERENCE_CONFIGS["starter"] = {"unet": UNET_CONFIG, "text_encoder": TEXT_CONFIG}
     if family not in REFERENCE_CONFIGS:
         return None
     from diffusers import UNet2DConditionModel

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from styles.formats import ParsedKeys, RawModule, weight_shape_in
+from styles.starter.paths import CROSS_ATTENTION_DIM as STARTER_WIDTH
 
 # Input width of the cross-attention key/value projections, per family.
-CROSS_ATTENTION_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+CROSS_ATTENTION_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl", STARTER_WIDTH: "starter"}
 # Hidden width of the (first) text encoder, per family.
-TEXT_ENCODER_WIDTH = {768: "sd1", 1024: "sd2", 1280: "sdxl"}
+TEXT_ENCODER_WIDTH = {768: "sd1", 1024: "sd2", 1280: "sdxl", STARTER_WIDTH: "starter"}
 FAMILY_LABELS = {
     "sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL",
     "flux": "Flux.1", "starter": "the Loratlas starter model", "not-image": "not an image model",

@@ -33,3 +33,13 @@ def test_cuda_request_without_a_gpu_is_refused_clearly():
     with pytest.raises(BaseModelError, match="no CUDA GPU"):
         pick_device("cuda")
     assert pick_device(None) == ("cpu", torch.float32)
+
+
+def test_placeholder_default_base_builds_once_and_loads(tmp_path):
+    from fusion.placeholder import build_placeholder_pipeline
+
+    (tmp_path / "base").mkdir()  # a leftover from an interrupted build
+    folder = build_placeholder_pipeline(tmp_path / "base")
+    assert (folder / "model_index.json").is_file() and not list(tmp_path.glob("*.tmp-*"))
+    assert build_placeholder_pipeline(folder) == folder
+    assert load_base(folder, device="cpu").pipe.tokenizer("a star").input_ids[-1] == 49407

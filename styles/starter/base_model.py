@@ -1,0 +1,200 @@
+"""The starter pack's own small text-to-image model: a real AutoencoderKL, UNet2DConditionModel
+and CLIPTextModel (with the real CLIP tokenizer), trained on unstyled world images."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from styles.starter.data import to_tensor_layout, world_batch
+from styles.starter.paths import CROSS_ATTENTION_DIM, IMAGE_SIZE
+from styles.tokenizer import clip_tokenizer, write_clip_tokenizer_files
+
+VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                  block_out_channels=(16, 32, 64), norm_num_groups=8,
+                  down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, sample_size=IMAGE_SIZE)
+UNET_CONFIG = dict(sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4,
+                   block_out_channels=(64, 128, 128), layers_per_block=1,
+                   down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                     "DownBlock2D"),
+                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                   cross_attention_dim=CROSS_ATTENTION_DIM, attention_head_dim=8,
+                   norm_num_groups=16)
+TEXT_CONFIG = dict(hidden_size=CROSS_ATTENTION_DIM, intermediate_size=4 * CROSS_ATTENTION_DIM,
+                   num_hidden_layers=4, num_attention_heads=4, vocab_size=49408,
+                   max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                   pad_token_id=49407, projection_dim=CROSS_ATTENTION_DIM)
+NOISE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+             beta_schedule="scaled_linear")
+Progress = Callable[[int, int, float], None]  # (step, total, loss)
+
+
+def _checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)  # our own training state, never a user file
+    tmp.replace(path)
+
+
+def _resume(path: Path) -> dict | None:
+    # weights_only: the state holds tensors and numbers only
+    return torch.load(path, weights_only=True) if path.is_file() else None
+
+
+def train_vae(work: Path, steps: int = 1500, batch: int = 32, seed: int = 0,
+              progress: Progress | None = None):
+    """A small AutoencoderKL (64×64×3 ↔ 16×16×4) on styled and unstyled images."""
+    from diffusers import AutoencoderKL
+
+    from styles.starter.looks import STYLES, clashing_pairs
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    state_path = work / "vae.pt"
+    start = 0
+    if state := _resume(state_path):
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    rng = np.random.default_rng(seed + start)
+    slugs = sorted(STYLES)
+    for step in range(start, steps):
+        chosen = [] if rng.random() < 0.3 else list(rng.choice(slugs, rng.integers(1, 3),
+                                                              replace=False))
+        if clashing_pairs(chosen):
+            chosen = chosen[:1]
+        images, _ = world_batch(rng, batch, chosen)
+        x = torch.from_numpy(to_tensor_layout(images))
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x) + 1e-4 * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if progress:
+            progress(step + 1, steps, float(loss))
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            _checkpoint(state_path, {"model": vae.state_dict(), "optimizer":
+                                     optimizer.state_dict(), "step": step + 1})
+    vae.eval()
+    with torch.no_grad():  # SD's scaling factor: latents scaled to unit variance
+        images, _ = world_batch(np.random.default_rng(seed + 99), 256)
+        latents = vae.encode(torch.from_numpy(to_tensor_layout(images))).latent_dist.mode()
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return vae
+
+
+def encode_pool(vae, tokenizer, size: int, seed: int, batch: int = 256
+                ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Scaled latents, token ids and captions of `size` unstyled scenes."""
+    rng = np.random.default_rng(seed)
+    latents, captions = [], []
+    with torch.no_grad():
+        for start in range(0, size, batch):
+            images, caps = world_batch(rng, min(batch, size - start))
+            x = torch.from_numpy(to_tensor_layout(images))
+            latents.append(vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)
+            captions += caps
+    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
+                    return_tensors="pt").input_ids
+    return torch.cat(latents), ids, captions
+
+
+def train_unet(work: Path, vae, tokenizer, steps: int = 2500, batch: int = 32, seed: int = 0,
+               pool_size: int = 24000, progress: Progress | None = None):
+    """UNet and text encoder trained together with the diffusion loss; 10% empty captions
+    teach the unconditional branch classifier-free guidance needs."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    noise = DDPMScheduler(**NOISE)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=4e-4, weight_decay=1e-2)
+    state_path = work / "unet.pt"
+    start = 0
+    if state := _resume(state_path):
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    latents, ids, _ = encode_pool(vae, tokenizer, pool_size, seed + 1)
+    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    generator = torch.Generator().manual_seed(seed + start)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
+    for _ in range(start):
+        scheduler.step()
+    unet.train()
+    text_encoder.train()
+    for step in range(start, steps):
+        index = torch.randint(0, len(latents), (batch,), generator=generator)
+        x0, tokens = latents[index], ids[index].clone()
+        drop = torch.rand(batch, generator=generator) < 0.1
+        tokens[drop] = empty
+        eps = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, NOISE["num_train_timesteps"], (batch,), generator=generator)
+        noisy = noise.add_noise(x0, eps, t)
+        hidden = text_encoder(tokens).last_hidden_state
+        loss = F.mse_loss(unet(noisy, t, hidden).sample, eps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        if progress:
+            progress(step + 1, steps, float(loss))
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            _checkpoint(state_path, {"unet": unet.state_dict(), "optimizer":
+                                     optimizer.state_dict(), "step": step + 1,
+                                     "text_encoder": text_encoder.state_dict()})
+    return unet.eval(), text_encoder.eval()
+
+
+def save_pipeline(folder: Path, vae, unet, text_encoder, tokenizer_dir: Path,
+                  info: dict) -> Path:
+    """A standard diffusers folder that StableDiffusionPipeline.from_pretrained loads."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    scheduler = DPMSolverMultistepScheduler(**NOISE, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, unet=unet,
+                                   tokenizer=clip_tokenizer(str(tokenizer_dir)),
+                                   scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.to(torch.float16)
+    tmp = folder.with_name(folder.name + ".tmp")
+    pipe.save_pretrained(tmp)
+    (tmp / "loratlas_starter.json").write_text(json.dumps(info, indent=2))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.replace(folder)
+    return folder
+
+
+def build_base(folder: Path, work: Path, vae_steps: int, unet_steps: int, seed: int = 0,
+               progress_factory: Callable[[str], Progress] | None = None) -> Path:
+    """Train the VAE, then the UNet and text encoder, and save the pipeline."""
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    tokenizer_dir = write_clip_tokenizer_files(work / "tokenizer")
+    tokenizer = clip_tokenizer(str(tokenizer_dir))
+    vae = train_vae(work, vae_steps, seed=seed,
+                    progress=progress_factory("vae") if progress_factory else None)
+    unet, text_encoder = train_unet(work, vae, tokenizer, unet_steps, seed=seed,
+                                    progress=progress_factory("unet") if progress_factory
+                                    else None)
+    info = {"vae_steps": vae_steps, "unet_steps": unet_steps, "seed": seed,
+            "seconds": round(time.time() - started, 1), "image_size": IMAGE_SIZE}
+    return save_pipeline(folder, vae, unet, text_encoder, tokenizer_dir, info)

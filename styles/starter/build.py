@@ -1,0 +1,113 @@
+"""`loratlas starter build`: regenerate the whole starter pack from scratch, resumably.
+
+Stages (each skipped when its output exists, each resuming from its checkpoints):
+1. base: VAE, then UNet + text encoder → a diffusers pipeline folder;
+2. loras: one PEFT LoRA per style → safetensors in real tools' layouts, and the manifest;
+3. clip: the small open_clip model retrieval embeds with;
+4. judges: content and style classifiers for the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from styles.starter.paths import CLIP_DIR, JUDGES_DIR, LORA_DIR, PIPELINE_DIR, STARTER_DIR
+
+MANIFEST = STARTER_DIR / "manifest.json"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Training budgets; the defaults are what the shipped pack was built with."""
+
+    vae_steps: int = 1000
+    unet_steps: int = 2000
+    lora_steps: int = 200
+    lora_batch: int = 16
+    lora_rank: int = 8
+    seed: int = 0
+    work: Path = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas")) \
+        / "starter-build"
+
+
+def _bar(name: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=name, unit="step", dynamic_ncols=True)
+
+    def report(step: int, total: int, loss: float) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.refresh()
+        if step == total:
+            bar.close()
+
+    return report
+
+
+def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
+    """Train and save every style LoRA that is not on disk yet; write the manifest."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from styles.starter.looks import STYLES
+    from styles.starter.style_loras import file_name, save_style_lora, train_style_lora
+
+    pipe = StableDiffusionPipeline.from_pretrained(PIPELINE_DIR, dtype=torch.float32)
+    written = []
+    for index, slug in enumerate(slugs or sorted(STYLES)):
+        path = LORA_DIR / file_name(slug)
+        if not path.is_file():
+            modules = train_style_lora(pipe, slug, plan.lora_steps, plan.lora_batch,
+                                       plan.lora_rank, seed=plan.seed + index,
+                                       progress=_bar(f"lora {slug}"))
+            save_style_lora(modules, LORA_DIR, slug, plan.lora_steps, plan.lora_rank)
+        written.append(path)
+    write_manifest(plan)
+    return written
+
+
+def write_manifest(plan: BuildPlan) -> Path:
+    """slug → file and card for every starter style (the starter library's index)."""
+    from styles.starter.looks import STYLES
+    from styles.starter.style_loras import file_name, layout_of
+
+    styles = [{"slug": slug, "file": file_name(slug), "layout": layout_of(slug),
+               "name": spec.name, "band": spec.band, "tags": list(spec.tags),
+               "trigger": spec.trigger, "description": spec.description}
+              for slug, spec in sorted(STYLES.items()) if (LORA_DIR / file_name(slug)).is_file()]
+    MANIFEST.write_text(json.dumps({"version": 1, "lora_steps": plan.lora_steps,
+                                    "lora_rank": plan.lora_rank, "styles": styles}, indent=1))
+    return MANIFEST
+
+
+def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("base", "loras", "clip",
+                                                                   "judges")) -> dict:
+    """Run the stages in order; return seconds per stage."""
+    plan = plan or BuildPlan()
+    plan.work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    for stage in stages:
+        started = time.time()
+        if stage == "base" and not (PIPELINE_DIR / "model_index.json").is_file():
+            from styles.starter.base_model import build_base
+
+            build_base(PIPELINE_DIR, plan.work, plan.vae_steps, plan.unet_steps, plan.seed,
+                       progress_factory=_bar)
+        elif stage == "loras":
+            build_loras(plan)
+        elif stage == "clip" and not (CLIP_DIR / "open_clip_model.safetensors").is_file():
+            from styles.starter.clip_model import train_starter_clip
+
+            train_starter_clip(CLIP_DIR)
+        elif stage == "judges" and not (JUDGES_DIR / "judges.json").is_file():
+            from styles.starter.judges import train_judges
+
+            train_judges(JUDGES_DIR)
+        timings[stage] = round(time.time() - started, 1)
+    return timings

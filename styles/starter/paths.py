@@ -1,0 +1,29 @@
+"""Where the starter pack's artifacts live (shipped in the package, never written at run time
+except by `loratlas starter build`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STARTER_DIR = Path(__file__).resolve().parents[1] / "data" / "starter"
+PIPELINE_DIR = STARTER_DIR / "pipeline"
+LORA_DIR = STARTER_DIR / "loras"
+CLIP_DIR = STARTER_DIR / "open_clip"
+JUDGES_DIR = STARTER_DIR / "judges"
+IMAGE_SIZE = 64
+CROSS_ATTENTION_DIM = 128  # the starter model's text width; identifies its LoRAs' family
+
+
+def starter_available() -> bool:
+    return (PIPELINE_DIR / "model_index.json").is_file()
+
+
+def starter_loras() -> dict[str, Path]:
+    """slug → file of every shipped starter style LoRA (from the manifest)."""
+    import json
+
+    manifest = STARTER_DIR / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    styles = json.loads(manifest.read_text())["styles"]
+    return {s["slug"]: LORA_DIR / s["file"] for s in styles if (LORA_DIR / s["file"]).is_file()}
