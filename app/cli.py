@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     base_args(p)
 
+    p = sub.add_parser("retrieve", help="find the styles that fit a prompt")
+    p.add_argument("prompt", nargs="?")
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--prompts-file", help="one prompt per line; one JSON object per line out")
+    p.add_argument("--json", action="store_true")
+    base_args(p)
+
     p = sub.add_parser("starter", help="the starter pack")
     starter = p.add_subparsers(dest="starter_command", required=True)
     b = starter.add_parser("build", help="regenerate the starter pack from scratch (resumable)")
@@ -173,6 +180,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from app.service import ServiceError
+
+    service = _service(args)
+    prompts = [args.prompt] if args.prompt else []
+    if args.prompts_file:
+        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines()
+                    if line.strip()]
+    if not prompts:
+        print("loratlas retrieve: give a PROMPT or --prompts-file FILE", file=sys.stderr)
+        return 2
+    try:
+        for prompt in prompts:
+            result = service.retrieve(prompt, k=args.k)
+            if args.json or args.prompts_file:
+                print(json.dumps(result.to_json()), flush=True)
+            else:
+                print(prompt)
+                for hit in result.hits:
+                    reasons = hit["reasons"]
+                    print(f"  {hit['slug']:<16} {hit['score']:6.2f}  views {reasons['views']} "
+                          f"words {reasons['matched_words']}")
+                if not result.hits:
+                    print("  (no style: nothing in the library fits above the threshold)")
+    except ServiceError as exc:
+        print(f"loratlas retrieve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_starter(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -192,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     handler = {"inspect": cmd_inspect, "generate": cmd_generate, "serve": cmd_serve,
-               "starter": cmd_starter}
+               "starter": cmd_starter, "retrieve": cmd_retrieve}
     return handler[args.command](args)
 
 

@@ -114,6 +114,8 @@ class LoratlasService:
         self._base: BaseModel | None = None
         self._engine: GenerationEngine | None = None
         self._load_lock = threading.Lock()
+        self._retriever = None
+        self._retriever_lock = threading.Lock()
 
     # -- base model ------------------------------------------------------------------------
     @property
@@ -215,6 +217,43 @@ class LoratlasService:
             uses.append(use)
         return self._run(recipe, uses, out_dir, None)
 
+    # -- retrieval -------------------------------------------------------------------------
+    def retriever(self):
+        """The retriever over the active library (views computed once, cached on disk)."""
+        with self._retriever_lock:
+            if self._retriever is None:
+                self._retriever = self._build_retriever()
+            return self._retriever
+
+    def _build_retriever(self):
+        from app.library import ViewCache, build_retriever, load_styles
+        from retrieval.embedders import starter_embedder
+        from retrieval.retriever import Calibration
+        from styles.starter.paths import CLIP_DIR, STARTER_DIR
+
+        if not (CLIP_DIR / "open_clip_model.safetensors").is_file():
+            raise ServiceError("no embedder: the starter pack's open_clip model is missing "
+                               "(run `loratlas starter build --stages clip`).")
+        embedder = starter_embedder()
+        engine = self.engine
+        source = "starter" if self.uses_starter else "library"
+        styles = load_styles(self.library_files(), engine.base.table, source)
+        home = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas"))
+        base_id = recipe_digest_text(engine.base.source)
+        cache = ViewCache(home / "views" / f"{embedder.version}-{base_id}.npz")
+        calibration_file = STARTER_DIR / "retrieval_calibration.json"
+        calibration = Calibration.load(calibration_file) if (
+            self.uses_starter and calibration_file.is_file()) else None
+        return build_retriever(styles, embedder, engine, cache, calibration)
+
+    def retrieve(self, prompt: str, k: int = 3) -> RetrieveResult:
+        """Styles that fit the prompt, best first, each with its reasons."""
+        if not prompt.strip():
+            raise ServiceError("the prompt is empty")
+        retriever = self.retriever()
+        hits = retriever.retrieve(prompt, k=k, family=self.engine.base.family)
+        return RetrieveResult(prompt, [h.to_json() for h in hits])
+
     def _use(self, item: LoraRequest, engine: GenerationEngine) -> LoraUse:
         path = self.resolve_ref(item.ref)
         try:
@@ -236,10 +275,23 @@ class LoratlasService:
         return GenerateResult(files, asdict(recipe), output.seconds_per_image, output.images)
 
 
+@dataclass
+class RetrieveResult:
+    prompt: str
+    hits: list[dict]
+
+    def to_json(self) -> dict:
+        return {"prompt": self.prompt, "hits": self.hits}
+
+
 def recipe_digest(recipe: Recipe) -> str:
+    return recipe_digest_text(recipe.to_json())
+
+
+def recipe_digest_text(text: str) -> str:
     import hashlib
 
-    return hashlib.sha256(recipe.to_json().encode()).hexdigest()[:10]
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 __all__ = ["GenerateRequest", "GenerateResult", "InspectResult", "LoraRequest",

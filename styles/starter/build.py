@@ -26,7 +26,7 @@ class BuildPlan:
 
     vae_steps: int = 1000
     unet_steps: int = 2000
-    lora_steps: int = 200
+    lora_steps: int = 150
     lora_batch: int = 16
     lora_rank: int = 8
     seed: int = 0

@@ -1,0 +1,132 @@
+"""The style library the app serves: the starter styles and the user's LoRAs, with the three
+retrieval views of each, computed once per file (by sha256) and cached on disk."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fusion.engine import GenerationEngine, LoraUse
+from fusion.recipe import Recipe
+from retrieval.embedders import Embedder
+from retrieval.retriever import Calibration, StyleRecord, StyleRetriever, words
+from styles.lora import LoraFile
+from styles.reader import ReadOptions, read_lora
+
+PROBE_PROMPTS = ("a red circle", "a blue square", "a green star", "a yellow heart")
+PROBE_STEPS = 12
+
+
+@dataclass
+class LibraryStyle:
+    """One style as the app lists it."""
+
+    slug: str
+    file: Path
+    lora: LoraFile
+    source: str  # starter | library | upload
+
+    @property
+    def name(self) -> str:
+        return self.lora.metadata.name or self.slug
+
+    def record(self) -> StyleRecord:
+        """Only what the file itself says feeds the metadata view (sparse files say nothing)."""
+        meta = self.lora.metadata
+        parts = [meta.name or "", meta.description or "", ", ".join(meta.tags[:20]),
+                 ", ".join(meta.trigger_words)]
+        text = ". ".join(p for p in parts if p)
+        return StyleRecord(self.slug, self.name, self.lora.family, text,
+                           sorted(words(" ".join(parts))))
+
+
+def metadata_vector(embedder: Embedder, style: LibraryStyle) -> np.ndarray | None:
+    text = style.record().metadata_text
+    return embedder.encode_texts([text])[0] if text else None
+
+
+def probe_images(engine: GenerationEngine, lora: LoraFile, ref: str) -> list:
+    """Renders of neutral prompts with the LoRA at weight 1 (also the style's thumbnails)."""
+    use = LoraUse(lora, ref, 1.0)
+    images = []
+    for index, prompt in enumerate(PROBE_PROMPTS):
+        recipe: Recipe = engine.recipe_for(prompt, [use], seed=index, steps=PROBE_STEPS)
+        images += engine.generate(recipe, [use]).images
+    return images
+
+
+def to_array(images: list) -> np.ndarray:
+    return np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    return vector / (np.linalg.norm(vector) + 1e-12)
+
+
+class ViewCache:
+    """view vectors by (view, sha256), one .npz per embedder+base, written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.vectors: dict[str, np.ndarray] = {}
+        if path.is_file():
+            with np.load(path) as data:
+                self.vectors = {k: data[k] for k in data.files}
+
+    def get(self, view: str, sha: str) -> np.ndarray | None:
+        return self.vectors.get(f"{view}:{sha}")
+
+    def put(self, view: str, sha: str, vector: np.ndarray) -> None:
+        with self._lock:
+            self.vectors[f"{view}:{sha}"] = vector.astype(np.float32)
+
+    def save(self) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp.npz")
+            np.savez(tmp, **self.vectors)
+            tmp.replace(self.path)
+
+
+def load_styles(files: dict[str, Path], table, source: str) -> dict[str, LibraryStyle]:
+    """Read every file against the base; a file that cannot be used is left out, with why."""
+    styles = {}
+    for slug, path in files.items():
+        lora = read_lora(path, ReadOptions(base_table=table))
+        styles[slug] = LibraryStyle(slug, path, lora, source)
+    return styles
+
+
+def build_retriever(styles: dict[str, LibraryStyle], embedder: Embedder,
+                    engine: GenerationEngine, cache: ViewCache, calibration: Calibration | None,
+                    weight_encoder=None) -> StyleRetriever:
+    """Compute missing view vectors, then a retriever over all styles."""
+    vectors: dict[str, dict[str, np.ndarray]] = {"metadata": {}, "probes": {}, "weights": {}}
+    for slug, style in styles.items():
+        sha = style.lora.sha256
+        meta = cache.get("metadata", sha)
+        if meta is None and (meta := metadata_vector(embedder, style)) is not None:
+            cache.put("metadata", sha, meta)
+        if meta is not None:
+            vectors["metadata"][slug] = meta
+        probe = cache.get("probes", sha)
+        if probe is None:
+            probe = unit(embedder.encode_images(to_array(probe_images(
+                engine, style.lora, slug))).mean(axis=0))
+            cache.put("probes", sha, probe)
+        vectors["probes"][slug] = probe
+        if weight_encoder is not None:
+            vectors["weights"][slug] = weight_encoder.embed([style.lora])[0]
+    cache.save()
+    records = {slug: style.record() for slug, style in styles.items()}
+    calibration = calibration or Calibration({v: 0.0 for v in vectors}, {v: 1.0 for v in vectors})
+    return StyleRetriever(embedder, records, vectors, calibration)
+
+
+def manifest_styles(manifest: Path) -> dict[str, dict]:
+    return {s["slug"]: s for s in json.loads(manifest.read_text())["styles"]}

@@ -1,0 +1,67 @@
+"""The weights view: invariances the AutoLoRA-style encoder promises, and that it trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retrieval.weight_encoder import (
+    TOKEN_DIM,
+    EncoderConfig,
+    WeightEncoder,
+    lora_tokens,
+    pad,
+    train_weight_encoder,
+)
+from styles.lora import LoraFile, LoraMetadata, LoraModule
+
+
+def _lora(modules: list[LoraModule]) -> LoraFile:
+    return LoraFile(Path("x.safetensors"), "0" * 64, "kohya", "sd1",
+                    {m.target: m for m in modules}, LoraMetadata(), "F32", None)
+
+
+def _module(seed: int, rank: int = 4, target: str = "unet.mid_block.attentions.0.proj_in"):
+    g = torch.Generator().manual_seed(seed)
+    return LoraModule(target, "linear", torch.randn(rank, 32, generator=g),
+                      torch.randn(16, rank, generator=g), 0.5)
+
+
+def test_tokens_ignore_order_and_sign_of_rank_components_and_padding_rank():
+    module = _module(0)
+    perm = torch.tensor([2, 0, 3, 1])
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    shuffled = LoraModule(module.target, "linear", module.down[perm] * signs[:, None],
+                          module.up[:, perm] * signs[None, :], module.scale)
+    padded = LoraModule(module.target, "linear", torch.cat([module.down, torch.zeros(4, 32)]),
+                        torch.cat([module.up, torch.randn(16, 4)], dim=1), module.scale)
+    base = lora_tokens(_lora([module]))
+    assert base.shape == (1, TOKEN_DIM)
+    assert torch.allclose(base, lora_tokens(_lora([shuffled])), atol=1e-5)
+    assert torch.allclose(base, lora_tokens(_lora([padded])), atol=1e-5)
+
+
+def test_encoder_handles_any_number_of_modules_and_is_normalised():
+    model = WeightEncoder(EncoderConfig(embed_dim=8))
+    one = _lora([_module(1)])
+    three = _lora([_module(2, target=f"unet.up_blocks.1.attentions.{i}.proj_in")
+                   for i in range(3)])
+    out = model.embed([one, three])
+    assert out.shape == (2, 8) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    tokens, mask = pad([lora_tokens(one), lora_tokens(three)])
+    assert mask.sum().item() == 4 and tokens.shape == (2, 3, TOKEN_DIM)
+
+
+def test_training_pulls_each_lora_to_its_own_texts(tmp_path):
+    loras = [_lora([_module(10 + i), _module(20 + i, target="unet.down_blocks.1.ff.net.2")])
+             for i in range(4)]
+    g = np.random.default_rng(0)
+    targets = [g.normal(size=(3, 8)).astype(np.float32) for _ in loras]
+    targets = [t / np.linalg.norm(t, axis=1, keepdims=True) for t in targets]
+    model = train_weight_encoder(loras, targets, steps=150)
+    sims = model.embed(loras) @ np.stack([t.mean(0) for t in targets]).T
+    assert (sims.argmax(axis=1) == np.arange(4)).all()
+    model.save(tmp_path)
+    assert np.allclose(WeightEncoder.load(tmp_path).embed(loras), model.embed(loras), atol=1e-6)
