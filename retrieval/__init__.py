@@ -1,0 +1,1 @@
+"""Retrieval: embedders, the LoRA weight encoder, the vector index and the retriever."""
