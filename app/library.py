@@ -70,13 +70,15 @@ def unit(vector: np.ndarray) -> np.ndarray:
 class ViewCache:
     """view vectors by (view, sha256), one .npz per embedder+base, written atomically."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, seed: Path | None = None) -> None:
+        """`seed`: a read-only cache shipped with the starter pack, read first."""
         self.path = path
         self._lock = threading.Lock()
         self.vectors: dict[str, np.ndarray] = {}
-        if path.is_file():
-            with np.load(path) as data:
-                self.vectors = {k: data[k] for k in data.files}
+        for source in (seed, path):
+            if source is not None and source.is_file():
+                with np.load(source) as data:
+                    self.vectors.update({k: data[k] for k in data.files})
 
     def get(self, view: str, sha: str) -> np.ndarray | None:
         return self.vectors.get(f"{view}:{sha}")

@@ -239,12 +239,20 @@ class LoratlasService:
         source = "starter" if self.uses_starter else "library"
         styles = load_styles(self.library_files(), engine.base.table, source)
         home = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas"))
-        base_id = recipe_digest_text(engine.base.source)
-        cache = ViewCache(home / "views" / f"{embedder.version}-{base_id}.npz")
+        base_id = base_fingerprint(engine.base.source)
+        name = f"{embedder.version}-{base_id}.npz"
+        shipped = STARTER_DIR / "views" / name if self.uses_starter else None
+        cache = ViewCache(home / "views" / name, seed=shipped)
         calibration_file = STARTER_DIR / "retrieval_calibration.json"
         calibration = Calibration.load(calibration_file) if (
             self.uses_starter and calibration_file.is_file()) else None
-        return build_retriever(styles, embedder, engine, cache, calibration)
+        encoder_dir = STARTER_DIR / "weight_encoder"
+        encoder = None
+        if self.uses_starter and (encoder_dir / "weight_encoder.json").is_file():
+            from retrieval.weight_encoder import WeightEncoder
+
+            encoder = WeightEncoder.load(encoder_dir)
+        return build_retriever(styles, embedder, engine, cache, calibration, encoder)
 
     def retrieve(self, prompt: str, k: int = 3) -> RetrieveResult:
         """Styles that fit the prompt, best first, each with its reasons."""
@@ -282,6 +290,17 @@ class RetrieveResult:
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "hits": self.hits}
+
+
+def base_fingerprint(source: str) -> str:
+    """Content-based id of a base model (its UNet weights), so caches survive moving folders."""
+    weights = sorted(Path(source).glob("unet/diffusion_pytorch_model*.safetensors")) \
+        if Path(source).is_dir() else []
+    if weights:
+        import hashlib
+
+        return hashlib.sha256(weights[0].read_bytes()).hexdigest()[:10]
+    return recipe_digest_text(source)
 
 
 def recipe_digest(recipe: Recipe) -> str:

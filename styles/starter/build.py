@@ -24,8 +24,8 @@ MANIFEST = STARTER_DIR / "manifest.json"
 class BuildPlan:
     """Training budgets; the defaults are what the shipped pack was built with."""
 
-    vae_steps: int = 1000
-    unet_steps: int = 2000
+    vae_steps: int = 1200
+    unet_steps: int = 1800
     lora_steps: int = 150
     lora_batch: int = 16
     lora_rank: int = 8

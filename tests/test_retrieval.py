@@ -1,0 +1,112 @@
+"""The retriever: clause splitting, calibration, thresholds, de-duplication, reasons; then
+the real starter embedder and library end to end when the starter pack is present."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.retriever import (
+    Calibration,
+    StyleRecord,
+    StyleRetriever,
+    calibrate,
+    clauses,
+)
+from styles.starter.paths import CLIP_DIR, starter_available
+
+
+class TableEmbedder:
+    """Texts → fixed vectors: exercises the retriever's own logic, nothing else."""
+
+    version = "table"
+    dim = 4
+
+    def __init__(self, table: dict[str, np.ndarray]) -> None:
+        self.table = table
+
+    def encode_texts(self, texts):
+        out = []
+        for text in texts:
+            vector = sum((v for k, v in self.table.items() if k in text), np.zeros(4))
+            out.append(vector / (np.linalg.norm(vector) or 1))
+        return np.array(out)
+
+    def encode_images(self, images):
+        raise NotImplementedError
+
+
+AXES = np.eye(4)
+
+
+def _retriever() -> StyleRetriever:
+    embedder = TableEmbedder({"brown": AXES[0], "blocks": AXES[1], "star": AXES[3],
+                              "circle": AXES[3] * 0.9 + AXES[2] * 0.1})
+    records = {"sepia": StyleRecord("sepia", "Sepia", "sd1", keywords=["brown", "vintage"]),
+               "pixel": StyleRecord("pixel", "Pixel", "sd1", keywords=["blocks"]),
+               "pixel-copy": StyleRecord("pixel-copy", "Pixel 2", "sd1"),
+               "xl-only": StyleRecord("xl-only", "XL", "sdxl")}
+    vectors = {"metadata": {"sepia": AXES[0], "pixel": AXES[1], "pixel-copy": AXES[1] * 0.999
+                            + AXES[2] * 0.01, "xl-only": AXES[0]},
+               "probes": {"pixel": AXES[1], "pixel-copy": AXES[1]}}
+    vectors["metadata"]["pixel-copy"] /= np.linalg.norm(vectors["metadata"]["pixel-copy"])
+    retriever = StyleRetriever(embedder, records, vectors, Calibration({}, {}))
+    calibrate(retriever, ["a star", "a circle", "one star", "the circle"],
+              [("a star, brown", "sepia"), ("a circle with blocks", "pixel")])
+    return retriever
+
+
+def test_clauses_split_a_prompt_into_its_requests():
+    assert clauses("a red star, old photo with big blocks") == [
+        "a red star, old photo with big blocks", "a red star", "old photo", "big blocks"]
+
+
+def test_two_styles_each_win_their_clause_and_reasons_name_the_match():
+    hits = _retriever().retrieve("a star, brown, with blocks", k=3, family="sd1")
+    assert {h.slug for h in hits} == {"sepia", "pixel"}
+    by_slug = {h.slug: h for h in hits}
+    assert by_slug["sepia"].reasons["matched_words"] == ["brown"]
+    assert by_slug["pixel"].reasons["clause"] == "blocks"
+    assert set(by_slug["pixel"].reasons["views"]) == {"metadata", "probes"}
+
+
+def test_no_style_prompt_returns_nothing_and_near_duplicates_are_dropped():
+    retriever = _retriever()
+    assert retriever.retrieve("a star") == []
+    assert [h.slug for h in retriever.retrieve("blocks", k=3)] == ["pixel"]
+
+
+def test_family_filter_keeps_other_families_out():
+    retriever = _retriever()
+    assert "xl-only" not in {h.slug for h in retriever.retrieve("brown", family="sd1")}
+    assert "xl-only" in {h.slug for h in retriever.retrieve("brown", family="sdxl")}
+
+
+starter_clip = pytest.mark.skipif(
+    not (CLIP_DIR / "open_clip_model.safetensors").is_file(), reason="starter clip not built")
+
+
+@starter_clip
+def test_starter_embedder_puts_style_text_near_its_style():
+    from retrieval.embedders import starter_embedder
+    from styles.starter.looks import STYLES
+
+    embedder = starter_embedder()
+    names = sorted(STYLES)
+    cards = embedder.encode_texts([STYLES[s].description for s in names])
+    queries = embedder.encode_texts(["brown-toned monochrome like an old photograph",
+                                     "chunky square pixels in a reduced palette"])
+    best = [names[i] for i in (queries @ cards.T).argmax(axis=1)]
+    assert best == ["sepia", "pixel-art"]
+    assert embedder.version.startswith("starter-clip-")
+
+
+@pytest.mark.skipif(not starter_available(), reason="starter pack not built")
+def test_service_retrieves_starter_styles_with_reasons():
+    from app.service import LoratlasService, ServiceConfig
+
+    service = LoratlasService(ServiceConfig(device="cpu"))
+    result = service.retrieve("a red star, chunky blocks like an old video game", k=3)
+    assert result.hits and result.hits[0]["slug"] == "pixel-art"
+    assert result.hits[0]["reasons"]["views"]
+    assert service.retrieve("a red star").hits == []
