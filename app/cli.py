@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--negative", default="")
     p.add_argument("--apply", choices=["adapters", "fused"], default="adapters")
+    p.add_argument("--mode", choices=["merge", "switch", "composite"], default="merge",
+                   help="how several LoRAs combine (see README)")
+    p.add_argument("--switch-period", type=int, default=5)
     p.add_argument("--recipe", help="replay a recipe (.json, or a PNG written by Loratlas)")
     p.add_argument("--out", default="out")
     p.add_argument("--json", action="store_true")
@@ -143,7 +146,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             result = service.generate(GenerateRequest(
                 prompt=args.prompt, loras=loras, steps=args.steps, seed=args.seed,
                 num_images=args.num_images, width=width, height=height,
-                guidance_scale=args.guidance, negative_prompt=args.negative, apply=args.apply),
+                guidance_scale=args.guidance, negative_prompt=args.negative, apply=args.apply,
+                mode=args.mode, switch_period=args.switch_period),
                 args.out)
     except (ServiceError, ValueError, OSError) as exc:
         if args.json:

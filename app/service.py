@@ -74,6 +74,8 @@ class GenerateRequest:
     guidance_scale: float = 7.5
     negative_prompt: str = ""
     apply: str = "adapters"
+    mode: str = "merge"
+    switch_period: int = 5
 
 
 @dataclass
@@ -199,7 +201,8 @@ class LoratlasService:
                 request.prompt, uses, seed=request.seed, steps=request.steps,
                 num_images=request.num_images, width=request.width or default,
                 height=request.height or default, guidance_scale=request.guidance_scale,
-                negative_prompt=request.negative_prompt, apply=request.apply)
+                negative_prompt=request.negative_prompt, apply=request.apply, mode=request.mode,
+                switch_period=request.switch_period)
         except ValueError as exc:
             raise ServiceError(str(exc)) from exc
         return self._run(recipe, uses, out_dir, on_step)

@@ -95,21 +95,28 @@ class LayerScales:
     def __init__(self, adapters: AdapterSet, active: list[ActiveLora], weight_fn: WeightFn):
         self.weight_fn = weight_fn
         names = [a.adapter for a in active]
+        self.layers: list[tuple[LoraLayer, list[str]]] = []
         self.entries: list[tuple[LoraLayer, str, str]] = []
         for component, path, layer in adapters.named_layers():
             present = [n for n in names if n in layer.lora_A]
+            self.layers.append((layer, present))
+            for name in present:
+                self.entries.append((layer, name, f"{component}.{path}"))
+        self.activate()
+
+    def activate(self) -> None:
+        """Make exactly these adapters the active ones on every LoRA layer."""
+        for layer, present in self.layers:
             layer.enable_adapters(bool(present))
             if present:
                 layer.set_adapter(present)
-            for name in present:
-                self.entries.append((layer, name, f"{component}.{path}"))
 
     def apply(self, step: int) -> None:
         for layer, name, target in self.entries:
             layer.scaling[name] = self.weight_fn(name, target, step)
 
     def release(self) -> None:
-        for layer, _, _ in self.entries:
+        for layer, _ in self.layers:
             layer.enable_adapters(False)
 
 

@@ -11,8 +11,9 @@ from PIL import Image
 
 from fusion.adapters import ActiveLora, AdapterSet, FusedWeights, LayerScales
 from fusion.base import BaseModel
+from fusion.composite import composite_image
 from fusion.recipe import Recipe, RecipeLora
-from fusion.weights import block_weight, step_weight, validate_block_weights
+from fusion.weights import WeightSchedule, validate_block_weights
 from styles.errors import WrongFamily
 from styles.lora import LoraFile
 
@@ -78,33 +79,39 @@ class GenerationEngine:
 
     def _generate_locked(self, recipe: Recipe, uses: list[LoraUse], active: list[ActiveLora],
                          on_step, start: float, output_type: str) -> GenerationOutput:
+        by_name = {a.adapter: use for a, use in zip(active, uses, strict=True)}
+        schedule = WeightSchedule(by_name, recipe.steps, recipe.mode, recipe.switch_period)
+        if recipe.apply == "fused" and any(u.step_weights for u in uses):
+            raise ValueError("step weights change during denoising: use apply='adapters'")
         with torch.inference_mode():
-            by_name = {a.adapter: use for a, use in zip(active, uses, strict=True)}
-
-            def weight_fn(adapter: str, target: str, step: int) -> float:
-                item = by_name[adapter]
-                component, path = target.split(".", 1)
-                factor = block_weight(path, item.block_weights) if component == "unet" else 1.0
-                return item.weight * factor * step_weight(item.step_weights, step, recipe.steps)
-
-            if recipe.apply == "fused" and any(u.step_weights for u in uses):
-                raise ValueError("step weights change during denoising: use apply='adapters'")
-            applied = (FusedWeights if recipe.apply == "fused" else LayerScales)(
-                self.adapters, active, weight_fn) if active else None
+            if recipe.mode == "composite" and active:
+                applied = [LayerScales(self.adapters, [a], schedule) for a in active]
+                applied.append(LayerScales(self.adapters, active, schedule))  # text encoders
+            elif active:
+                kind = FusedWeights if recipe.apply == "fused" else LayerScales
+                applied = [kind(self.adapters, active, schedule)]
+            else:
+                applied = []
             try:
                 images = [self._one_image(recipe, i, applied, on_step, output_type)
                           for i in range(recipe.num_images)]
             finally:
-                if applied is not None:
-                    applied.release()
+                for item in applied:
+                    item.release()
         seconds = time.perf_counter() - start
         return GenerationOutput(images, [recipe.for_image(i) for i in range(len(images))], seconds)
 
-    def _one_image(self, recipe: Recipe, index: int, applied, on_step,
+    def _one_image(self, recipe: Recipe, index: int, applied: list, on_step,
                    output_type: str) -> Image.Image:
         # 3. seed per image, so any one image replays alone
         generator = torch.Generator("cpu").manual_seed(recipe.seed + index)
-        scales = applied if isinstance(applied, LayerScales) else None
+        if len(applied) > 1:  # composite: one pass per LoRA per step
+            return composite_image(
+                self.base.pipe, recipe.prompt, recipe.negative_prompt, recipe.steps,
+                recipe.guidance_scale, recipe.width, recipe.height, generator, applied[:-1],
+                applied[-1], lambda step: on_step and on_step(index, step, recipe.steps),
+                output_type)
+        scales = applied[0] if applied and isinstance(applied[0], LayerScales) else None
         if scales:
             scales.apply(0)
 

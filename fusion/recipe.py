@@ -10,6 +10,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 RECIPE_VERSION = 1
+MODES = ("merge", "switch", "composite")
 PNG_KEY = "loratlas-recipe"
 
 
@@ -41,6 +42,8 @@ class Recipe:
     negative_prompt: str = ""
     scheduler: str = ""
     apply: str = "adapters"  # "adapters" (PEFT layers) | "fused" (deltas in the weights)
+    mode: str = "merge"  # merge | switch | composite (how several LoRAs are combined)
+    switch_period: int = 5  # LoRA Switch: steps each LoRA leads before the next takes over
     loras: list[RecipeLora] = field(default_factory=list)
     version: int = RECIPE_VERSION
 
@@ -51,6 +54,13 @@ class Recipe:
             raise ValueError(f"size {self.width}x{self.height}: both sides must be multiples of 8")
         if self.apply not in ("adapters", "fused"):
             raise ValueError(f"apply '{self.apply}' must be 'adapters' or 'fused'")
+        if self.mode not in MODES:
+            raise ValueError(f"mode '{self.mode}' must be one of {', '.join(MODES)}")
+        if self.mode != "merge" and self.apply == "fused":
+            raise ValueError(f"mode '{self.mode}' changes LoRAs during denoising: use "
+                             "apply='adapters'")
+        if self.switch_period < 1:
+            raise ValueError("switch_period must be at least 1")
         self.loras = [lora if isinstance(lora, RecipeLora) else RecipeLora(**lora)
                       for lora in self.loras]
 

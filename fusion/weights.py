@@ -58,3 +58,31 @@ def validate_block_weights(block_weights: dict | None) -> None:
             for block in value:
                 if not re.fullmatch(r"block_\d+", block):
                     raise ValueError(f"block weight key '{key}.{block}' must look like block_0")
+
+
+class WeightSchedule:
+    """weight(adapter, "component.path", step) for each LoRA of a request.
+
+    merge: the LoRA's weight × its block weight × its step keyframe, every step.
+    switch (LoRA Switch, Zhong et al. 2024): the same, but only one LoRA is on at a time,
+    taking turns every `period` steps in the given order.
+    """
+
+    def __init__(self, uses: dict[str, object], steps: int, mode: str = "merge",
+                 period: int = 5) -> None:
+        self.uses = uses  # adapter name → LoraUse-like (weight, block_weights, step_weights)
+        self.order = list(uses)
+        self.steps = steps
+        self.mode = mode
+        self.period = period
+
+    def leader(self, step: int) -> str:
+        return self.order[(step // self.period) % len(self.order)]
+
+    def __call__(self, adapter: str, target: str, step: int) -> float:
+        if self.mode == "switch" and adapter != self.leader(step):
+            return 0.0
+        use = self.uses[adapter]
+        component, path = target.split(".", 1)
+        factor = block_weight(path, use.block_weights) if component == "unet" else 1.0
+        return use.weight * factor * step_weight(use.step_weights, step, self.steps)

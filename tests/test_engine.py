@@ -35,9 +35,9 @@ def loras(tiny_base, tmp_path_factory):
     return [read_lora(p, ReadOptions(base_table=table)) for p in paths]
 
 
-def _run(engine, uses, steps=3, apply="adapters", seed=7, output_type="np"):
+def _run(engine, uses, steps=3, apply="adapters", seed=7, mode="merge", **extra):
     recipe = engine.recipe_for("a red star", uses, steps=steps, width=32, height=32, seed=seed,
-                               apply=apply)
+                               apply=apply, mode=mode, **extra)
     return np.asarray(engine.generate(recipe, uses).images[0], dtype=np.float32)
 
 
@@ -127,3 +127,26 @@ def test_concurrent_requests_do_not_see_each_others_weights(engine, loras):
         t.join()
     for i in (0, 1):
         assert all(np.array_equal(r, expected[i]) for r in results[i])
+
+
+def test_switch_gives_each_lora_its_turn(engine, loras):
+    a, b = LoraUse(loras[0], "a", 0.9), LoraUse(loras[1], "b", 0.9)
+    # a period as long as the run: only the first LoRA ever leads
+    assert np.array_equal(_run(engine, [a, b], mode="switch", switch_period=3),
+                          _run(engine, [a]))
+    switched = _run(engine, [a, b], mode="switch", switch_period=1)
+    assert not np.array_equal(switched, _run(engine, [a, b]))
+    assert not np.array_equal(switched, _run(engine, [a]))
+
+
+def test_composite_with_one_lora_is_that_lora_and_with_two_averages_passes(engine, loras):
+    a, b = LoraUse(loras[0], "a", 0.9), LoraUse(loras[1], "b", 0.9)
+    assert np.abs(_run(engine, [a], mode="composite") - _run(engine, [a])).max() <= 1.0
+    both = _run(engine, [a, b], mode="composite")
+    assert np.array_equal(both, _run(engine, [a, b], mode="composite"))  # deterministic
+    assert not np.array_equal(both, _run(engine, [a, b]))
+
+
+def test_modes_that_change_loras_per_step_refuse_fused_weights(engine, loras):
+    with pytest.raises(ValueError, match="apply='adapters'"):
+        engine.recipe_for("x", [LoraUse(loras[0], "a")], apply="fused", mode="switch")
