@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("starter", help="the starter pack")
     starter = p.add_subparsers(dest="starter_command", required=True)
     b = starter.add_parser("build", help="regenerate the starter pack from scratch (resumable)")
-    b.add_argument("--stages", default="base,loras,clip,judges")
+    b.add_argument("--stages", default="base,loras,clip,judges,retrieval")
     b.add_argument("--unet-steps", type=int)
     b.add_argument("--lora-steps", type=int)
 
@@ -224,7 +224,17 @@ def cmd_starter(args: argparse.Namespace) -> int:
         plan = replace(plan, unet_steps=args.unet_steps)
     if args.lora_steps:
         plan = replace(plan, lora_steps=args.lora_steps)
-    timings = build(plan, tuple(s.strip() for s in args.stages.split(",") if s.strip()))
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    timings = build(plan, tuple(s for s in stages if s != "retrieval"))
+    if "retrieval" in stages:  # needs the app: embedder, engine and library together
+        import time
+
+        from app.starter_retrieval import build_starter_retrieval
+
+        started = time.time()
+        build_starter_retrieval(_service(argparse.Namespace(
+            base_model=None, base_config=None, library=None, device=None)))
+        timings["retrieval"] = round(time.time() - started, 1)
     print(json.dumps({"seconds": timings}))
     return 0
 

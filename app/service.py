@@ -241,11 +241,9 @@ class LoratlasService:
         engine = self.engine
         source = "starter" if self.uses_starter else "library"
         styles = load_styles(self.library_files(), engine.base.table, source)
-        home = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas"))
-        base_id = base_fingerprint(engine.base.source)
-        name = f"{embedder.version}-{base_id}.npz"
-        shipped = STARTER_DIR / "views" / name if self.uses_starter else None
-        cache = ViewCache(home / "views" / name, seed=shipped)
+        path = self.view_cache_path(embedder.version)
+        shipped = STARTER_DIR / "views" / path.name if self.uses_starter else None
+        cache = ViewCache(path, seed=shipped)
         calibration_file = STARTER_DIR / "retrieval_calibration.json"
         calibration = Calibration.load(calibration_file) if (
             self.uses_starter and calibration_file.is_file()) else None
@@ -256,6 +254,14 @@ class LoratlasService:
 
             encoder = WeightEncoder.load(encoder_dir)
         return build_retriever(styles, embedder, engine, cache, calibration, encoder)
+
+    def view_cache_path(self, embedder_version: str | None = None) -> Path:
+        """Where this base's view vectors are cached (per embedder version and base)."""
+        if embedder_version is None:
+            embedder_version = self.retriever().embedder.version
+        home = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas"))
+        base_id = base_fingerprint(self.engine.base.source)
+        return home / "views" / f"{embedder_version}-{base_id}.npz"
 
     def retrieve(self, prompt: str, k: int = 3) -> RetrieveResult:
         """Styles that fit the prompt, best first, each with its reasons."""

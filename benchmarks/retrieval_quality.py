@@ -20,36 +20,8 @@ import numpy as np
 from common import RESULTS, ROOT, machine_line
 
 from app.service import LoratlasService, ServiceConfig
-from retrieval.retriever import StyleRetriever, calibrate
-from retrieval.weight_encoder import train_weight_encoder
-from styles.starter.looks import STYLES
-from styles.starter.paths import STARTER_DIR
-from styles.starter.world import caption, sample_scene
-
-CALIBRATION_SEED = 70_000
-WEIGHTS_DIR = STARTER_DIR / "weight_encoder"
-
-
-def style_texts(slug: str) -> list[str]:
-    """Training-side descriptions of a style (never the held-out phrases or eval prompts)."""
-    spec = STYLES[slug]
-    return [spec.name, spec.description, *spec.phrases[:-2]]
-
-
-def calibration_prompts() -> tuple[list[str], list[tuple[str, str]]]:
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    nulls = [caption(sample_scene(rng, n_objects=1), rng) for _ in range(120)]
-    positives = []
-    for slug in sorted(STYLES):
-        for text in style_texts(slug)[2:5]:
-            positives.append((f"{caption(sample_scene(rng, n_objects=1), rng)}, {text}", slug))
-    return nulls, positives
-
-
-def train_encoder(retriever: StyleRetriever, loras: dict, slugs: list[str], seed: int = 0):
-    embedder = retriever.embedder
-    targets = [embedder.encode_texts(style_texts(s)) for s in slugs]
-    return train_weight_encoder([loras[s] for s in slugs], targets, steps=400, seed=seed)
+from app.starter_retrieval import build_starter_retrieval, train_encoder
+from retrieval.retriever import StyleRetriever
 
 
 def view_only(retriever: StyleRetriever, view: str) -> StyleRetriever:
@@ -113,17 +85,12 @@ def main() -> None:
     rows = [json.loads(line) for line in
             (ROOT / "benchmarks" / "data" / "retrieval_prompts.jsonl").read_text().splitlines()]
     service = LoratlasService(ServiceConfig(device="cpu"))
-    retriever = service.retriever()
+    # (re)build the shipped encoder, calibration and view cache, then evaluate them
+    retriever = build_starter_retrieval(service)
     from app.library import load_styles
 
     styles = load_styles(service.library_files(), service.engine.base.table, "starter")
     loras = {slug: style.lora for slug, style in styles.items()}
-    # the shipped weight encoder: trained on every starter LoRA
-    encoder = train_encoder(retriever, loras, sorted(loras))
-    encoder.save(WEIGHTS_DIR)
-    retriever.vectors["weights"] = {s: encoder.embed([loras[s]])[0] for s in loras}
-    nulls, positives = calibration_prompts()
-    calibrate(retriever, nulls, positives).save(STARTER_DIR / "retrieval_calibration.json")
     table = {"fused": evaluate(retriever, rows)}
     for view in ("metadata", "probes", "weights"):
         table[view] = evaluate(view_only(retriever, view), rows)
