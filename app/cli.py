@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("starter", help="the starter pack")
     starter = p.add_subparsers(dest="starter_command", required=True)
     b = starter.add_parser("build", help="regenerate the starter pack from scratch (resumable)")
-    b.add_argument("--stages", default="base,loras,clip,judges,retrieval")
+    b.add_argument("--stages", default="clip,base,loras,judges,retrieval")
     b.add_argument("--unet-steps", type=int)
     b.add_argument("--lora-steps", type=int)
 

@@ -84,10 +84,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                               "fusion_speed.md"))
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 2)
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="loratlas-bench-"))
     pipe = sd15_pipeline(write_clip_tokenizer_files(work / "tok"))
     components = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
@@ -115,15 +116,16 @@ def main() -> None:
     lines = [
         "# Fusion speed: seconds per image, relative to the base model",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"CPU, fp32. Model: SD 1.5-architecture UNet + CLIP ViT-L, random weights, "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores ({args.threads} torch threads), "
+        f"torch {torch.__version__}, CPU, fp32. Model: SD 1.5-architecture UNet + CLIP ViT-L, "
+        "random weights, "
         f"{args.size}×{args.size}, {args.steps} DDIM steps, CFG 7.5 (batch 2). LoRAs: rank 8 "
         "on every attention and feed-forward projection of the UNet (224 modules each). Timed: "
         "prompt encoding + denoising (VAE decode excluded, identical in all rows). Median of "
         f"{args.repeats} interleaved runs.",
         "",
         f"Command: `.venv/bin/python benchmarks/fusion_speed.py --steps {args.steps} "
-        f"--repeats {args.repeats} --size {args.size}`",
+        f"--repeats {args.repeats} --size {args.size} --threads {args.threads}`",
         "",
         "| configuration | apply | s / image | × base |",
         "|---|---|---:|---:|",

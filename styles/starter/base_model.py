@@ -16,21 +16,25 @@ from styles.starter.data import to_tensor_layout, world_batch
 from styles.starter.paths import CROSS_ATTENTION_DIM, IMAGE_SIZE
 from styles.tokenizer import clip_tokenizer, write_clip_tokenizer_files
 
-VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=8, layers_per_block=1,
                   block_out_channels=(16, 32, 64), norm_num_groups=8,
                   down_block_types=("DownEncoderBlock2D",) * 3,
                   up_block_types=("UpDecoderBlock2D",) * 3, sample_size=IMAGE_SIZE)
-UNET_CONFIG = dict(sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4,
+UNET_CONFIG = dict(sample_size=IMAGE_SIZE // 4, in_channels=8, out_channels=8,
                    block_out_channels=(64, 128, 128), layers_per_block=1,
                    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                                      "DownBlock2D"),
                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
                    cross_attention_dim=CROSS_ATTENTION_DIM, attention_head_dim=8,
                    norm_num_groups=16)
+# The text encoder is the starter open_clip model's text tower, converted to CLIPTextModel and
+# frozen, as SD 1.x uses OpenAI's CLIP: trained from scratch with the UNet, the text pathway
+# stayed flat (prompts changed the UNet's prediction by 0.3% after 750 steps).
 TEXT_CONFIG = dict(hidden_size=CROSS_ATTENTION_DIM, intermediate_size=4 * CROSS_ATTENTION_DIM,
                    num_hidden_layers=4, num_attention_heads=4, vocab_size=49408,
                    max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                   pad_token_id=49407, projection_dim=CROSS_ATTENTION_DIM)
+                   pad_token_id=49407, projection_dim=CROSS_ATTENTION_DIM, hidden_act="gelu",
+                   layer_norm_eps=1e-5)
 NOISE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
              beta_schedule="scaled_linear")
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
@@ -49,8 +53,9 @@ def _resume(path: Path) -> dict | None:
 
 def train_vae(work: Path, steps: int = 1200, batch: int = 16, seed: int = 0, lr: float = 1e-3,
               progress: Progress | None = None):
-    """A small AutoencoderKL (64×64×3 ↔ 16×16×4) on styled and unstyled images; a low-pass
-    term keeps colors exact (the base model is judged on them)."""
+    """A small AutoencoderKL (64×64×3 ↔ 16×16×8) on styled and unstyled images; a low-pass
+    term keeps colors exact (the base model is judged on them). With four latent channels,
+    color lost out to texture: hues collapsed onto one warm-cool axis."""
     from diffusers import AutoencoderKL
 
     from styles.starter.looks import STYLES, clashing_pairs
@@ -98,6 +103,35 @@ def train_vae(work: Path, steps: int = 1200, batch: int = 16, seed: int = 0, lr:
     return vae
 
 
+def text_encoder_from_starter_clip(clip_dir: Path):
+    """The open_clip text tower as a transformers CLIPTextModel (same maths: pre-LN blocks,
+    causal mask, exact GELU)."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    source = load_file(str(clip_dir / "open_clip_model.safetensors"))
+    model = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    state = {"embeddings.token_embedding.weight": source["token_embedding.weight"],
+             "embeddings.position_embedding.weight": source["positional_embedding"],
+             "final_layer_norm.weight": source["ln_final.weight"],
+             "final_layer_norm.bias": source["ln_final.bias"]}
+    for i in range(TEXT_CONFIG["num_hidden_layers"]):
+        old, new = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for part, tensor in zip(("q", "k", "v"), source[old + "attn.in_proj_weight"].chunk(3),
+                                strict=True):
+            state[f"{new}self_attn.{part}_proj.weight"] = tensor
+        for part, tensor in zip(("q", "k", "v"), source[old + "attn.in_proj_bias"].chunk(3),
+                                strict=True):
+            state[f"{new}self_attn.{part}_proj.bias"] = tensor
+        pairs = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1",
+                 "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+        for a, b in pairs.items():
+            state[f"{new}{b}.weight"] = source[f"{old}{a}.weight"]
+            state[f"{new}{b}.bias"] = source[f"{old}{a}.bias"]
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.eval().requires_grad_(False)
+
+
 def encode_pool(vae, tokenizer, size: int, seed: int, batch: int = 256
                 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Scaled latents, token ids and captions of `size` unstyled scenes."""
@@ -114,45 +148,44 @@ def encode_pool(vae, tokenizer, size: int, seed: int, batch: int = 256
     return torch.cat(latents), ids, captions
 
 
-def train_unet(work: Path, vae, tokenizer, steps: int = 2500, batch: int = 32, seed: int = 0,
-               pool_size: int = 24000, progress: Progress | None = None):
-    """UNet and text encoder trained together with the diffusion loss; 10% empty captions
-    teach the unconditional branch classifier-free guidance needs."""
+def train_unet(work: Path, vae, tokenizer, text_encoder, steps: int = 2500, batch: int = 32,
+               seed: int = 0, pool_size: int = 24000, progress: Progress | None = None):
+    """The UNet, trained with the diffusion loss under the frozen text encoder; 10% empty
+    captions teach the unconditional branch classifier-free guidance needs."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     noise = DDPMScheduler(**NOISE)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=4e-4, weight_decay=1e-2)
     state_path = work / "unet.pt"
     start = 0
     if state := _resume(state_path):
         unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
     latents, ids, _ = encode_pool(vae, tokenizer, pool_size, seed + 1)
-    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = torch.cat([text_encoder(ids[i:i + 512]).last_hidden_state
+                            for i in range(0, len(ids), 512)])
+        empty = text_encoder(empty_ids).last_hidden_state
     generator = torch.Generator().manual_seed(seed + start)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
     for _ in range(start):
         scheduler.step()
     unet.train()
-    text_encoder.train()
     for step in range(start, steps):
         index = torch.randint(0, len(latents), (batch,), generator=generator)
-        x0, tokens = latents[index], ids[index].clone()
+        x0, cond = latents[index], hidden[index].clone()
         drop = torch.rand(batch, generator=generator) < 0.1
-        tokens[drop] = empty
+        cond[drop] = empty
         eps = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, NOISE["num_train_timesteps"], (batch,), generator=generator)
         noisy = noise.add_noise(x0, eps, t)
-        hidden = text_encoder(tokens).last_hidden_state
-        loss = F.mse_loss(unet(noisy, t, hidden).sample, eps)
+        loss = F.mse_loss(unet(noisy, t, cond).sample, eps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -162,9 +195,8 @@ def train_unet(work: Path, vae, tokenizer, steps: int = 2500, batch: int = 32, s
             progress(step + 1, steps, float(loss))
         if (step + 1) % 250 == 0 or step + 1 == steps:
             _checkpoint(state_path, {"unet": unet.state_dict(), "optimizer":
-                                     optimizer.state_dict(), "step": step + 1,
-                                     "text_encoder": text_encoder.state_dict()})
-    return unet.eval(), text_encoder.eval()
+                                     optimizer.state_dict(), "step": step + 1})
+    return unet.eval()
 
 
 def save_pipeline(folder: Path, vae, unet, text_encoder, tokenizer_dir: Path,
@@ -196,11 +228,13 @@ def build_base(folder: Path, work: Path, vae_steps: int, unet_steps: int, seed: 
     started = time.time()
     tokenizer_dir = write_clip_tokenizer_files(work / "tokenizer")
     tokenizer = clip_tokenizer(str(tokenizer_dir))
+    from styles.starter.paths import CLIP_DIR
+
     vae = train_vae(work, vae_steps, seed=seed,
                     progress=progress_factory("vae") if progress_factory else None)
-    unet, text_encoder = train_unet(work, vae, tokenizer, unet_steps, seed=seed,
-                                    progress=progress_factory("unet") if progress_factory
-                                    else None)
+    text_encoder = text_encoder_from_starter_clip(CLIP_DIR)
+    unet = train_unet(work, vae, tokenizer, text_encoder, unet_steps, seed=seed,
+                      progress=progress_factory("unet") if progress_factory else None)
     info = {"vae_steps": vae_steps, "unet_steps": unet_steps, "seed": seed,
             "seconds": round(time.time() - started, 1), "image_size": IMAGE_SIZE}
     return save_pipeline(folder, vae, unet, text_encoder, tokenizer_dir, info)

@@ -1,9 +1,10 @@
 """`loratlas starter build`: regenerate the whole starter pack from scratch, resumably.
 
 Stages (each skipped when its output exists, each resuming from its checkpoints):
-1. base: VAE, then UNet + text encoder → a diffusers pipeline folder;
-2. loras: one PEFT LoRA per style → safetensors in real tools' layouts, and the manifest;
-3. clip: the small open_clip model retrieval embeds with;
+1. clip: the small open_clip model retrieval embeds with; its text tower is also the base
+   model's (frozen) text encoder;
+2. base: VAE, then the UNet under that text encoder → a diffusers pipeline folder;
+3. loras: one PEFT LoRA per style → safetensors in real tools' layouts, and the manifest;
 4. judges: content and style classifiers for the benchmarks.
 """
 
@@ -25,7 +26,7 @@ class BuildPlan:
     """Training budgets; the defaults are what the shipped pack was built with."""
 
     vae_steps: int = 1200
-    unet_steps: int = 1800
+    unet_steps: int = 3000
     lora_steps: int = 150
     lora_batch: int = 16
     lora_rank: int = 8
@@ -86,7 +87,7 @@ def write_manifest(plan: BuildPlan) -> Path:
     return MANIFEST
 
 
-def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("base", "loras", "clip",
+def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("clip", "base", "loras",
                                                                    "judges")) -> dict:
     """Run the stages in order; return seconds per stage."""
     plan = plan or BuildPlan()

@@ -11,7 +11,7 @@ LORA_DIR = STARTER_DIR / "loras"
 CLIP_DIR = STARTER_DIR / "open_clip"
 JUDGES_DIR = STARTER_DIR / "judges"
 IMAGE_SIZE = 64
-CROSS_ATTENTION_DIM = 128  # the starter model's text width; identifies its LoRAs' family
+CROSS_ATTENTION_DIM = 96  # the starter text width (its open_clip text tower); names the family
 
 
 def starter_available() -> bool:
