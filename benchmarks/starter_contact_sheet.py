@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from app.service import GenerateRequest, LoraRequest, LoratlasService, ServiceConfig
 from styles.starter.looks import STYLES
+from styles.starter.paths import starter_loras
 
 PROMPTS = ["a red star", "a blue circle", "a yellow heart", "a green triangle",
            "a purple diamond", "an orange cross", "a pink ring", "a white square"]
@@ -45,8 +46,11 @@ def main() -> None:
     args = parser.parse_args()
     service = LoratlasService(ServiceConfig(device="cpu"))
     rows = [("base", row(service, (), PROMPTS))]
-    rows += [(slug, row(service, (slug,), PROMPTS[:4])) for slug in sorted(STYLES)]
-    rows += [(" + ".join(pair), row(service, pair, PROMPTS[:4])) for pair in PAIRS]
+    shipped = starter_loras()
+    rows += [(slug, row(service, (slug,), PROMPTS[:4])) for slug in sorted(STYLES)
+             if slug in shipped]
+    rows += [(" + ".join(pair), row(service, pair, PROMPTS[:4])) for pair in PAIRS
+             if set(pair) <= set(shipped)]
     sheet(rows).save(args.out)
     print(args.out)
 
