@@ -118,6 +118,7 @@ class LoratlasService:
         self._load_lock = threading.Lock()
         self._retriever = None
         self._retriever_lock = threading.Lock()
+        self._read_cache: dict[tuple, object] = {}  # (path, size, mtime, alpha) → LoraFile
 
     # -- base model ------------------------------------------------------------------------
     @property
@@ -273,11 +274,18 @@ class LoratlasService:
 
     def _use(self, item: LoraRequest, engine: GenerationEngine) -> LoraUse:
         path = self.resolve_ref(item.ref)
-        try:
-            lora = read_lora(path, ReadOptions(base_table=engine.base.table, alpha=item.alpha,
-                                               limits=self.limits))
-        except LoraRefused as refusal:
-            raise ServiceError(str(refusal)) from refusal
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, item.alpha)
+        lora = self._read_cache.get(key)
+        if lora is None:  # parse and hash each file once, not on every request
+            try:
+                lora = read_lora(path, ReadOptions(base_table=engine.base.table,
+                                                   alpha=item.alpha, limits=self.limits))
+            except LoraRefused as refusal:
+                raise ServiceError(str(refusal)) from refusal
+            if len(self._read_cache) > 64:
+                self._read_cache.clear()
+            self._read_cache[key] = lora
         return LoraUse(lora, item.ref, item.weight, item.block_weights, item.step_weights)
 
     def _run(self, recipe: Recipe, uses: list[LoraUse], out_dir, on_step) -> GenerateResult:
