@@ -13,7 +13,7 @@ from retrieval.retriever import (
     calibrate,
     clauses,
 )
-from styles.starter.paths import CLIP_DIR, starter_available
+from styles.starter.paths import CLIP_DIR, starter_available, starter_loras
 
 
 class TableEmbedder:
@@ -101,7 +101,8 @@ def test_starter_embedder_puts_style_text_near_its_style():
     assert embedder.version.startswith("starter-clip-")
 
 
-@pytest.mark.skipif(not starter_available(), reason="starter pack not built")
+@pytest.mark.skipif(not starter_available() or not starter_loras(),
+                    reason="starter LoRAs not built")
 def test_service_retrieves_starter_styles_with_reasons():
     from app.service import LoratlasService, ServiceConfig
 

@@ -80,7 +80,7 @@ def test_shipped_pipeline_loads_with_diffusers_and_is_the_starter_family():
     assert load_base(PIPELINE_DIR, device="cpu").family == "starter"
 
 
-@shipped
+@pytest.mark.skipif(not starter_loras(), reason="starter LoRAs not built")
 def test_shipped_loras_are_the_28_styles_and_read_as_starter_loras():
     files = starter_loras()
     assert set(files) == set(STYLES)

@@ -1,0 +1,35 @@
+"""The shipped starter pack end to end: prompts in, images out, judged by the starter judges."""
+
+from __future__ import annotations
+
+import pytest
+
+from styles.starter.paths import JUDGES_DIR, starter_available
+
+pytestmark = pytest.mark.skipif(not starter_available() or not (JUDGES_DIR / "judges.json")
+                                .is_file(), reason="starter pack not built")
+
+CASES = [("a red star", "star", "red"), ("a blue circle", "circle", "blue"),
+         ("a yellow heart", "heart", "yellow"), ("a green triangle", "triangle", "green"),
+         ("a purple diamond", "diamond", "purple"), ("an orange cross", "cross", "orange"),
+         ("a pink ring", "ring", "pink"), ("a white square", "square", "white")]
+
+
+def test_starter_base_draws_the_prompted_shape_and_color():
+    import numpy as np
+
+    from app.service import GenerateRequest, LoratlasService, ServiceConfig
+    from styles.starter.judges import Judges
+
+    service = LoratlasService(ServiceConfig(device="cpu"))
+    images = [service.generate(GenerateRequest(prompt=p, seed=1, steps=20)).images[0]
+              for p, _, _ in CASES]
+    array = np.stack([np.asarray(im, dtype=np.float32) / 255 for im in images])
+    verdicts = Judges.load(JUDGES_DIR).content(array)
+    right = sum(v["shape"] == shape and v["color"] == color
+                for v, (_, shape, color) in zip(verdicts, CASES, strict=True))
+    colors = sum(v["color"] == color for v, (_, _, color) in zip(verdicts, CASES, strict=True))
+    # measured on 200 held-out prompts: color 0.855, shape 0.35 (benchmarks/results/
+    # starter_quality.md); the shape figure is the open gap, tracked there, not hidden here
+    assert colors >= 6, verdicts
+    assert right >= 1, verdicts
