@@ -29,7 +29,7 @@ def test_starter_base_draws_the_prompted_shape_and_color():
     right = sum(v["shape"] == shape and v["color"] == color
                 for v, (_, shape, color) in zip(verdicts, CASES, strict=True))
     colors = sum(v["color"] == color for v, (_, _, color) in zip(verdicts, CASES, strict=True))
-    # measured on 200 held-out prompts: color 0.855, shape 0.35 (benchmarks/results/
-    # starter_quality.md); the shape figure is the open gap, tracked there, not hidden here
+    # measured on 200 held-out prompts: shape 0.90, color 0.86, both 0.775
+    # (benchmarks/results/starter_quality.md); eight prompts leave room for chance
     assert colors >= 6, verdicts
-    assert right >= 1, verdicts
+    assert right >= 4, verdicts
