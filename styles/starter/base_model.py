@@ -46,6 +46,23 @@ def _checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+def _optimise(optimizer, loss: torch.Tensor, clip_params: list | None = None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
+    optimizer.step()
+
+
+def _after_step(step: int, steps: int, loss: torch.Tensor, progress: Progress | None,
+                state_path: Path, state: Callable[[], dict], every: int = 250) -> None:
+    """Report progress; checkpoint every `every` steps and at the end (resumable)."""
+    if progress:
+        progress(step + 1, steps, loss.item())
+    if (step + 1) % every == 0 or step + 1 == steps:
+        _checkpoint(state_path, {**state(), "step": step + 1})
+
+
 def _resume(path: Path) -> dict | None:
     # weights_only: the state holds tensors and numbers only
     return torch.load(path, weights_only=True) if path.is_file() else None
@@ -87,14 +104,9 @@ def train_vae(work: Path, steps: int = 1200, batch: int = 16, seed: int = 0, lr:
         kl = posterior.kl().mean() / x[0].numel()
         low = F.mse_loss(F.avg_pool2d(recon, 4), F.avg_pool2d(x, 4))
         loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x) + 2.0 * low + 1e-5 * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if progress:
-            progress(step + 1, steps, float(loss))
-        if (step + 1) % 250 == 0 or step + 1 == steps:
-            _checkpoint(state_path, {"model": vae.state_dict(), "optimizer":
-                                     optimizer.state_dict(), "step": step + 1})
+        _optimise(optimizer, loss)
+        _after_step(step, steps, loss, progress, state_path,
+                    lambda: {"model": vae.state_dict(), "optimizer": optimizer.state_dict()})
     vae.eval()
     with torch.no_grad():  # SD's scaling factor: latents scaled to unit variance
         images, _ = world_batch(np.random.default_rng(seed + 99), 256)
@@ -186,16 +198,10 @@ def train_unet(work: Path, vae, tokenizer, text_encoder, steps: int = 2500, batc
         t = torch.randint(0, NOISE["num_train_timesteps"], (batch,), generator=generator)
         noisy = noise.add_noise(x0, eps, t)
         loss = F.mse_loss(unet(noisy, t, cond).sample, eps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        _optimise(optimizer, loss, params)
         scheduler.step()
-        if progress:
-            progress(step + 1, steps, float(loss))
-        if (step + 1) % 250 == 0 or step + 1 == steps:
-            _checkpoint(state_path, {"unet": unet.state_dict(), "optimizer":
-                                     optimizer.state_dict(), "step": step + 1})
+        _after_step(step, steps, loss, progress, state_path,
+                    lambda: {"unet": unet.state_dict(), "optimizer": optimizer.state_dict()})
     return unet.eval()
 
 
