@@ -88,9 +88,9 @@ def load_base(source: str | Path, device: str | None = None, config: str | Path 
         raise
     except (OSError, ValueError) as exc:
         raise BaseModelError(
-            f"could not load the base model '{source}': {exc}. Give a local diffusers folder, a "
-            ".safetensors checkpoint (with --base-config DIR when offline), or a hub id when "
-            "online.") from exc
+            f"could not load the base model '{source}': {str(exc).rstrip('.')}. Give a local "
+            "diffusers folder, a .safetensors checkpoint (with --base-config DIR when offline), "
+            "or a hub id when online.") from exc
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
     if device.startswith("cuda"):
