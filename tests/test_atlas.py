@@ -1,0 +1,205 @@
+"""Atlas maths: layout, clusters, labels, stable placement, nearest styles, JSON cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from styles.atlas import (
+    AlreadyOnAtlas,
+    AtlasConfig,
+    AtlasLayout,
+    NotOnAtlas,
+    VectorMismatch,
+    cluster_labels,
+)
+
+GROUPS = ("ink", "neon", "pastel", "pixel", "sepia")
+
+
+def clustered(per_group: int = 24, dim: int = 48, noise: float = 0.3, seed: int = 0):
+    """Styles in 5 groups around random centres; tags: the group's, 'style' on all, and a
+    rare tag on a few members of every group (so neither should label a cluster)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(GROUPS), dim))
+    vectors, tags, group = {}, {}, {}
+    for g, name in enumerate(GROUPS):
+        for j in range(per_group):
+            v = centres[g] + noise * rng.standard_normal(dim)
+            style_id = f"{name}-{j:02d}"
+            vectors[style_id] = (v / np.linalg.norm(v)).astype(np.float32)
+            tags[style_id] = [name.upper() if j % 2 else name, "style"] + (
+                ["rare"] if j % 8 == 0 else [])
+            group[style_id] = g
+    return vectors, tags, group, centres
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered()
+
+
+@pytest.fixture(scope="module")
+def atlas(data):
+    vectors, tags, _, _ = data
+    return AtlasLayout.fit(vectors, tags)
+
+
+def positions(atlas: AtlasLayout) -> dict[str, tuple[float, float]]:
+    return {p.id: (p.x, p.y) for p in atlas.points()}
+
+
+def test_fit_is_deterministic_and_ignores_input_order(data, atlas):
+    vectors, tags, _, _ = data
+    shuffled = dict(reversed(list(vectors.items())))
+    again = AtlasLayout.fit(shuffled, tags)
+    assert positions(again) == positions(atlas)
+    assert [(c.label, c.members) for c in again.clusters] == [
+        (c.label, c.members) for c in atlas.clusters]
+
+
+def test_neighbours_stay_together_on_the_map(data, atlas):
+    _, _, group, _ = data
+    ids = atlas.ids
+    xy = np.array([positions(atlas)[s] for s in ids])
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    same = [group[ids[i]] == group[ids[j]] for i, j in enumerate(d.argmin(1))]
+    assert np.mean(same) >= 0.95
+    # and the groups are apart: each group's spread is small next to the distance between them
+    centres = np.array([xy[[group[s] == g for s in ids]].mean(0) for g in range(len(GROUPS))])
+    spread = max(np.linalg.norm(xy[[group[s] == g for s in ids]] - centres[g], axis=1).mean()
+                 for g in range(len(GROUPS)))
+    gaps = [np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1:]]
+    assert min(gaps) > 2 * spread
+    assert np.abs(xy).max() <= 1.0 + 1e-9  # inside the unit disc
+
+
+def test_clusters_recover_groups_and_are_labelled_from_tags(data, atlas):
+    _, _, group, _ = data
+    clusters = atlas.clusters
+    assert len(clusters) == len(GROUPS)
+    for cluster in clusters:
+        found = {group[s] for s in cluster.members}
+        assert len(found) == 1
+        name = GROUPS[found.pop()]
+        assert cluster.tags == [name]  # case-folded; 'style' (everywhere) and 'rare' excluded
+        assert cluster.label == name
+    assert sorted(s for c in clusters for s in c.members) == atlas.ids
+
+
+def test_cluster_labels_prefer_distinctive_tags():
+    tags = {"a1": ["ink", "style", "bw"], "a2": ["ink", "style"], "b1": ["neon", "style"],
+            "b2": ["neon", "style", "bw"], "c1": ["style"]}
+    labels = cluster_labels({0: ["a1", "a2"], 1: ["b1", "b2"], 2: ["c1"]}, tags)
+    assert labels[0] == ["ink", "bw"] and labels[1] == ["neon", "bw"]  # 'style' is everywhere
+    assert labels[2] == ["style"]  # nothing stands out: its most common tag
+    only = cluster_labels({0: ["a1", "a2"]}, tags)  # one cluster: its most common tags
+    assert only[0] == ["ink", "style", "bw"]
+    assert cluster_labels({0: ["z"]}, {"z": []}) == {0: []}  # shown as "cluster 1"
+
+
+def test_place_moves_no_existing_point_and_lands_near_its_group(data, atlas):
+    _, _, group, centres = data
+    layout = AtlasLayout.from_json(atlas.to_json())  # a copy: the module fixture stays as fitted
+    before = positions(layout)
+    rng = np.random.default_rng(7)
+    for g, name in enumerate(GROUPS):
+        v = centres[g] + 0.3 * rng.standard_normal(centres.shape[1])
+        point = layout.place(f"new-{name}", v, [name, "fresh"])
+        members = [s for s in before if group[s] == g]
+        own = np.mean([before[s] for s in members], axis=0)
+        others = [np.mean([before[s] for s in before if group[s] == h], axis=0)
+                  for h in range(len(GROUPS)) if h != g]
+        here = np.array([point.x, point.y])
+        assert np.linalg.norm(here - own) < min(np.linalg.norm(here - o) for o in others)
+        cluster = next(c for c in layout.clusters if c.id == point.cluster)
+        assert {group[s] for s in cluster.members if s in group} == {g}
+    after = positions(layout)
+    assert {s: after[s] for s in before} == before  # exactly unchanged
+
+
+def test_duplicates_do_not_hide_each_other(atlas, data):
+    vectors, _, _, _ = data
+    layout = AtlasLayout.from_json(atlas.to_json())
+    a = layout.place("copy-a", vectors["ink-03"])
+    b = layout.place("copy-b", vectors["ink-03"])
+    assert (a.x, a.y) != (b.x, b.y)
+    gap = np.hypot(a.x - b.x, a.y - b.y)
+    assert gap < 0.1  # but both sit by the original
+
+
+def test_place_errors(atlas, data):
+    vectors, _, _, _ = data
+    layout = AtlasLayout.from_json(atlas.to_json())
+    with pytest.raises(AlreadyOnAtlas, match="remove it first"):
+        layout.place("ink-00", vectors["ink-00"])
+    with pytest.raises(VectorMismatch, match="same embedder"):
+        layout.place("odd", np.ones(7))
+    with pytest.raises(NotOnAtlas, match="not on the atlas"):
+        layout.nearest("missing")
+
+
+def test_remove_keeps_the_rest(atlas):
+    layout = AtlasLayout.from_json(atlas.to_json())
+    before = positions(layout)
+    layout.remove("neon-05")
+    assert "neon-05" not in layout and len(layout) == len(before) - 1
+    assert positions(layout) == {s: p for s, p in before.items() if s != "neon-05"}
+    assert all("neon-05" not in c.members for c in layout.clusters)
+    with pytest.raises(NotOnAtlas):
+        layout.remove("neon-05")
+
+
+def test_nearest_is_by_cosine(atlas, data):
+    vectors, _, group, _ = data
+    found = atlas.nearest("pixel-04", k=6)
+    assert len(found) == 6 and "pixel-04" not in [s for s, _ in found]
+    assert all(group[s] == group["pixel-04"] for s, _ in found)
+    sims = [score for _, score in found]
+    assert sims == sorted(sims, reverse=True)
+    expected = float(vectors["pixel-04"] @ vectors[found[0][0]])
+    assert sims[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_search_by_text_tags_and_cluster(atlas):
+    assert atlas.search(tags=["RARE", "sepia"]) == ["sepia-00", "sepia-08", "sepia-16"]
+    sepia_cluster = atlas.point("sepia-00").cluster
+    in_cluster = atlas.search(cluster=sepia_cluster)
+    assert len(in_cluster) == 24 and all(s.startswith("sepia") for s in in_cluster)
+    assert atlas.search(text="PIXEL-1") == [f"pixel-{j}" for j in range(10, 20)]
+    assert atlas.search(text="nothing like this") == []
+
+
+def test_json_round_trip_keeps_state_and_behaviour(atlas, data):
+    _, _, _, centres = data
+    restored = AtlasLayout.from_json(atlas.to_json())
+    assert positions(restored) == positions(atlas)
+    assert restored.clusters == atlas.clusters
+    assert restored.config == atlas.config
+    copy = AtlasLayout.from_json(atlas.to_json())
+    v = centres[2] + 0.1
+    assert restored.place("n", v, ["x"]) == copy.place("n", v, ["x"])
+
+
+def test_small_and_empty_atlases():
+    empty = AtlasLayout.fit({}, {})
+    assert len(empty) == 0 and empty.clusters == [] and empty.nearest_to(np.ones(3)) == []
+    first = empty.place("only", np.array([1.0, 0.0, 0.0]), ["solo"])
+    assert first.cluster == 0 and empty.clusters[0].label == "solo"
+    second = empty.place("twin", np.array([0.9, 0.1, 0.0]), ["solo"])
+    assert (second.x, second.y) != (first.x, first.y)
+    few = AtlasLayout.fit({"a": np.array([1.0, 0, 0]), "b": np.array([0, 1.0, 0])},
+                          {"a": ["x"], "b": ["y"]})
+    assert len(few.points()) == 2 and len(few.clusters) == 1
+
+
+def test_landmarks_beyond_max_exact(data):
+    vectors, tags, group, _ = data
+    config = AtlasConfig(max_exact=40)
+    layout = AtlasLayout.fit(vectors, tags, config)
+    ids = layout.ids
+    xy = np.array([positions(layout)[s] for s in ids])
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert np.mean([group[ids[i]] == group[ids[j]] for i, j in enumerate(d.argmin(1))]) >= 0.9
