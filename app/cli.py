@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     def base_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--base-model", help="diffusers folder, .safetensors checkpoint or hub id")
         p.add_argument("--base-config", help="diffusers folder describing a single-file model")
-        p.add_argument("--library", help="folder of LoRA files (slug = file name)")
+        p.add_argument("--library", help="library folder (default: a per-user data folder "
+                       "seeded with the starter pack; loose .safetensors in it are imported)")
         p.add_argument("--device", help="cpu, cuda or auto (default)")
 
     p = sub.add_parser("inspect", help="check one LoRA file and describe it")
@@ -68,9 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--negative", default="")
     p.add_argument("--apply", choices=["adapters", "fused"], default="adapters")
-    p.add_argument("--mode", choices=["merge", "switch", "composite"], default="merge",
-                   help="how several LoRAs combine (see README)")
+    p.add_argument("--mode", choices=["merge", "switch", "composite", "cmlora", "gated"],
+                   default="merge", help="how several LoRAs combine (see README)")
     p.add_argument("--switch-period", type=int, default=5)
+    p.add_argument("--cmlora-cache", choices=["residual", "none"], default="residual",
+                   help="cmlora: reuse each LoRA's cached residual (residual) or run every "
+                   "LoRA at every step (none)")
+    p.add_argument("--gate-tolerance", type=float, default=0.05,
+                   help="gated with --apply fused: rewrite a layer when a gate moves more")
+    p.add_argument("--auto", type=int, nargs="?", const=3, default=0, metavar="K",
+                   help="add the K styles (default 3) retrieval finds for the prompt")
+    p.add_argument("--gates-out", metavar="FILE",
+                   help="write the gate map (layers × steps × LoRAs) as JSON")
     p.add_argument("--recipe", help="replay a recipe (.json, or a PNG written by Loratlas)")
     p.add_argument("--out", default="out")
     p.add_argument("--json", action="store_true")
@@ -82,6 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", help="one prompt per line; one JSON object per line out")
     p.add_argument("--json", action="store_true")
     base_args(p)
+
+    p = sub.add_parser("library", help="list, import, edit and remove styles")
+    library = p.add_subparsers(dest="library_command", required=True)
+    item = library.add_parser("list", help="the styles in the library")
+    item.add_argument("--search", default="", help="text in name, description, tags")
+    item.add_argument("--family")
+    item.add_argument("--json", action="store_true")
+    base_args(item)
+    item = library.add_parser("import", help="add every .safetensors file of a folder")
+    item.add_argument("folder")
+    item.add_argument("--json", action="store_true")
+    base_args(item)
+    item = library.add_parser("show", help="one style's card")
+    item.add_argument("id")
+    base_args(item)
+    item = library.add_parser("edit", help="change a style's name, tags or description")
+    item.add_argument("id")
+    item.add_argument("--name")
+    item.add_argument("--tags", help="comma-separated")
+    item.add_argument("--description")
+    base_args(item)
+    item = library.add_parser("remove", help="delete a style (row, file, index entry, map)")
+    item.add_argument("id")
+    base_args(item)
 
     p = sub.add_parser("starter", help="the starter pack")
     starter = p.add_subparsers(dest="starter_command", required=True)
@@ -147,8 +181,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 prompt=args.prompt, loras=loras, steps=args.steps, seed=args.seed,
                 num_images=args.num_images, width=width, height=height,
                 guidance_scale=args.guidance, negative_prompt=args.negative, apply=args.apply,
-                mode=args.mode, switch_period=args.switch_period),
-                args.out)
+                mode=args.mode, switch_period=args.switch_period,
+                cmlora_cache=args.cmlora_cache, gate_tolerance=args.gate_tolerance,
+                auto=args.auto), args.out)
+        if args.gates_out:
+            if result.gates is None:
+                raise ServiceError("no gate map: the request used no LoRA")
+            Path(args.gates_out).write_text(json.dumps(result.gates))
     except (ServiceError, ValueError, OSError) as exc:
         if args.json:
             print(json.dumps({"ok": False, "error": str(exc)}))
@@ -161,6 +200,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
+        for hit in payload.get("styles", []):
+            print(f"style {hit['slug']} (retrieved, score {hit['score']:.2f})")
         for path in result.files:
             print(path)
         print(f"{result.seconds_per_image:.2f} s per image")
@@ -229,21 +270,96 @@ def cmd_starter(args: argparse.Namespace) -> int:
     if "retrieval" in stages:  # needs the app: embedder, engine and library together
         import time
 
-        from app.starter_retrieval import build_starter_retrieval
+        from app.starter_retrieval import rebuild_for
 
         started = time.time()
-        build_starter_retrieval(_service(argparse.Namespace(
+        rebuild_for(_service(argparse.Namespace(
             base_model=None, base_config=None, library=None, device=None)))
         timings["retrieval"] = round(time.time() - started, 1)
     print(json.dumps({"seconds": timings}))
     return 0
 
 
+def cmd_library(args: argparse.Namespace) -> int:
+    from app.service import ServiceError
+
+    service = _service(args)
+    try:
+        return LIBRARY_COMMANDS[args.library_command](service, args)
+    except ServiceError as exc:
+        print(f"loratlas library {args.library_command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _library_list(service, args) -> int:
+    styles = service.library_list(args.search, args.family)
+    if args.json:
+        print(json.dumps({"styles": [s.to_json() for s in styles]}))
+        return 0
+    for style in styles:
+        mark = "" if style.applicable else f"  (for {style.family}: not applied to this base)"
+        print(f"{style.slug:<28} {style.source:<8} {', '.join(style.tags[:4])}{mark}")
+    print(f"{len(styles)} styles")
+    return 0
+
+
+def _library_import(service, args) -> int:
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        print(f"loratlas library import: {folder} is not a folder", file=sys.stderr)
+        return 2
+    files = sorted(folder.glob("*.safetensors"))
+    from tqdm import tqdm
+
+    with tqdm(total=len(files), unit="file", disable=args.json, file=sys.stderr) as bar:
+        def progress(index: int, step: str, fraction: float) -> None:
+            bar.set_postfix_str(f"{files[index].name}: {step}")
+            if step == "done":
+                bar.update(1)
+
+        reports = service.import_folder(folder, on_progress=progress)
+    if args.json:
+        print(json.dumps({"files": [r.to_json() for r in reports]}))
+    for report in [] if args.json else reports:
+        if not report.ok:
+            print(f"refused  {report.file}: {report.error['message']}")
+        elif report.duplicate_of:
+            print(f"skipped  {report.file}: same file as {report.duplicate_of}")
+        else:
+            near = f" (near-duplicate of {report.near_duplicate_of})" \
+                if report.near_duplicate_of else ""
+            print(f"added    {report.file} as {report.slug}{near}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _library_show(service, args) -> int:
+    print(json.dumps(service.style_card(args.id).to_json(), indent=2))
+    return 0
+
+
+def _library_edit(service, args) -> int:
+    tags = [t.strip() for t in args.tags.split(",") if t.strip()] if args.tags is not None \
+        else None
+    card = service.edit_style(args.id, name=args.name, tags=tags, description=args.description)
+    print(json.dumps(card.to_json(), indent=2))
+    return 0
+
+
+def _library_remove(service, args) -> int:
+    service.remove_style(args.id)
+    print(f"removed {args.id}")
+    return 0
+
+
+LIBRARY_COMMANDS = {"list": _library_list, "import": _library_import, "show": _library_show,
+                    "edit": _library_edit, "remove": _library_remove}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     handler = {"inspect": cmd_inspect, "generate": cmd_generate, "serve": cmd_serve,
-               "starter": cmd_starter, "retrieve": cmd_retrieve}
+               "starter": cmd_starter, "retrieve": cmd_retrieve, "library": cmd_library}
     return handler[args.command](args)
 
 

@@ -106,8 +106,9 @@ def load_styles(files: dict[str, Path], table, source: str) -> dict[str, Library
 
 def build_retriever(styles: dict[str, LibraryStyle], embedder: Embedder,
                     engine: GenerationEngine, cache: ViewCache, calibration: Calibration | None,
-                    weight_encoder=None) -> StyleRetriever:
-    """Compute missing view vectors, then a retriever over all styles."""
+                    weight_encoder=None, thumbnails_dir: Path | None = None) -> StyleRetriever:
+    """Compute missing view vectors (writing the probe renders as thumbnails if asked), then
+    a retriever over all styles."""
     vectors: dict[str, dict[str, np.ndarray]] = {"metadata": {}, "probes": {}, "weights": {}}
     for slug, style in styles.items():
         sha = style.lora.sha256
@@ -117,17 +118,21 @@ def build_retriever(styles: dict[str, LibraryStyle], embedder: Embedder,
         if meta is not None:
             vectors["metadata"][slug] = meta
         probe = cache.get("probes", sha)
-        if probe is None:
-            probe = unit(embedder.encode_images(to_array(probe_images(
-                engine, style.lora, slug))).mean(axis=0))
+        if probe is None or (thumbnails_dir and not (thumbnails_dir / f"{slug}-0.png").is_file()):
+            images = probe_images(engine, style.lora, slug)
+            probe = unit(embedder.encode_images(to_array(images)).mean(axis=0))
             cache.put("probes", sha, probe)
+            if thumbnails_dir is not None:
+                thumbnails_dir.mkdir(parents=True, exist_ok=True)
+                for i, image in enumerate(images):
+                    image.save(thumbnails_dir / f"{slug}-{i}.png")
         vectors["probes"][slug] = probe
         if weight_encoder is not None:
             vectors["weights"][slug] = weight_encoder.embed([style.lora])[0]
     cache.save()
     records = {slug: style.record() for slug, style in styles.items()}
     calibration = calibration or Calibration({v: 0.0 for v in vectors}, {v: 1.0 for v in vectors})
-    return StyleRetriever(embedder, records, vectors, calibration)
+    return StyleRetriever.from_vectors(embedder, records, vectors, calibration)
 
 
 def manifest_styles(manifest: Path) -> dict[str, dict]:

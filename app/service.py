@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from app.library_api import (
+    AtlasCluster,
+    AtlasPoint,
+    AtlasView,
+    StyleCard,
+    StyleSummary,
+    UploadReport,
+)
 from fusion.base import BaseModel, load_base
 from fusion.engine import GenerationEngine, LoraUse
 from fusion.recipe import Recipe, RecipeLora, save_png
@@ -14,6 +24,9 @@ from styles.errors import LoraRefused
 from styles.reader import ReadOptions, read_lora
 from styles.safe_read import ReadLimits
 from styles.starter.paths import PIPELINE_DIR, starter_available, starter_loras
+
+if TYPE_CHECKING:
+    from app.style_library import StyleLibrary
 
 
 class ServiceError(Exception):
@@ -74,8 +87,11 @@ class GenerateRequest:
     guidance_scale: float = 7.5
     negative_prompt: str = ""
     apply: str = "adapters"
-    mode: str = "merge"
+    mode: str = "merge"  # merge | switch | composite | cmlora | gated
     switch_period: int = 5
+    cmlora_cache: str = "residual"
+    gate_tolerance: float = 0.05
+    auto: int = 0  # add this many styles retrieved for the prompt (0: only `loras`)
 
 
 @dataclass
@@ -84,10 +100,20 @@ class GenerateResult:
     recipe: dict
     seconds_per_image: float
     images: list = field(default_factory=list, repr=False)
+    gates: dict | None = field(default=None, repr=False)  # GateMap JSON: layers × steps × LoRAs
+    styles: list[dict] = field(default_factory=list)  # retrieved styles (auto), with reasons
+    unet_passes: int | None = None
 
     def to_json(self) -> dict:
-        return {"files": self.files, "recipe": self.recipe,
-                "seconds_per_image": round(self.seconds_per_image, 4)}
+        data = {"files": self.files, "recipe": self.recipe,
+                "seconds_per_image": round(self.seconds_per_image, 4),
+                "unet_passes": self.unet_passes}
+        if self.styles:
+            data["styles"] = self.styles
+        if self.gates is not None:
+            data["gate_sources"] = dict(zip(self.gates["loras"], self.gates["sources"],
+                                            strict=True))
+        return data
 
 
 @dataclass
@@ -116,8 +142,8 @@ class LoratlasService:
         self._base: BaseModel | None = None
         self._engine: GenerationEngine | None = None
         self._load_lock = threading.Lock()
-        self._retriever = None
-        self._retriever_lock = threading.Lock()
+        self._library: StyleLibrary | None = None
+        self._library_lock = threading.Lock()
         self._read_cache: dict[tuple, object] = {}  # (path, size, mtime, alpha) → LoraFile
 
     # -- base model ------------------------------------------------------------------------
@@ -155,24 +181,67 @@ class LoratlasService:
         return ReadLimits(max_file_bytes=self.config.max_upload_mb * 1024**2)
 
     # -- library ---------------------------------------------------------------------------
+    @property
+    def library(self) -> StyleLibrary:
+        """The library folder (catalog, blobs, indexes, atlas), opened and recovered once;
+        seeded with the starter styles when the starter base is in use."""
+        with self._library_lock:
+            if self._library is None:
+                self._library = self._open_library()
+            return self._library
+
+    def library_dir(self) -> Path:
+        if self.config.library:
+            return Path(self.config.library)
+        if home := os.environ.get("LORATLAS_HOME"):
+            return Path(home) / "library"
+        data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        return Path(data) / "loratlas" / "library"
+
+    def _open_library(self) -> StyleLibrary:
+        from app.library import ViewCache
+        from app.style_library import LibraryParts, StyleLibrary, seed_from_starter
+        from retrieval.embedders import starter_embedder
+        from retrieval.retriever import Calibration
+        from styles.starter.paths import CLIP_DIR, STARTER_DIR
+
+        if not (CLIP_DIR / "open_clip_model.safetensors").is_file():
+            raise ServiceError("no embedder: the starter pack's open_clip model is missing "
+                               "(run `loratlas starter build --stages clip`).")
+        engine = self.engine
+        embedder = starter_embedder()
+        encoder = calibration = None
+        if self.uses_starter:
+            if (STARTER_DIR / "weight_encoder" / "weight_encoder.json").is_file():
+                from retrieval.weight_encoder import WeightEncoder
+
+                encoder = WeightEncoder.load(STARTER_DIR / "weight_encoder")
+            if (STARTER_DIR / "retrieval_calibration.json").is_file():
+                calibration = Calibration.load(STARTER_DIR / "retrieval_calibration.json")
+        base_id = base_fingerprint(engine.base.source)
+        library = StyleLibrary(self.library_dir(), LibraryParts(
+            engine, embedder, encoder, calibration, self.limits, base_id))
+        if self.uses_starter and starter_loras():
+            views = ViewCache(STARTER_DIR / "views" / f"{embedder.version}-{base_id}.npz")
+            seed_from_starter(library, starter_loras(), views, STARTER_DIR / "thumbnails")
+        self.import_folder(library.folder, library=library, only_new=True)
+        return library
+
     def library_files(self) -> dict[str, Path]:
-        """slug → file: the starter styles (with the starter base), then the library folder."""
-        files = starter_loras() if self.uses_starter else {}
-        folder = Path(self.config.library) if self.config.library else None
-        if folder is not None and folder.is_dir():
-            files.update({p.stem: p for p in sorted(folder.glob("*.safetensors"))})
-        return files
+        """slug → file of every style in the library (files live in its blob store)."""
+        library = self.library
+        return {e.id: library.blobs.path(e.blob) for e in library.catalog.list()}
 
     def resolve_ref(self, ref: str) -> Path:
         path = Path(ref)
         if path.is_file():
             return path
-        library = self.library_files()
-        if ref in library:
-            return library[ref]
-        known = ", ".join(sorted(library)[:10]) or "none (no --library given)"
+        library = self.library
+        if ref in library.catalog:
+            return library.blobs.path(library.catalog.get(ref).blob)
+        known = ", ".join(library.catalog.ids()[:10]) or "none"
         raise ServiceError(f"LoRA '{ref}' is neither a file nor a style in the library "
-                           f"(known: {known}).")
+                           f"(known: {known}). See `loratlas library list`.")
 
     # -- actions ---------------------------------------------------------------------------
     def inspect(self, path: str | Path, alpha: float | None = None,
@@ -195,18 +264,25 @@ class LoratlasService:
                  on_step=None) -> GenerateResult:
         """Generate images with the requested LoRAs; write PNGs with recipes if out_dir."""
         engine = self.engine
-        uses = [self._use(item, engine) for item in request.loras]
-        default = engine.base.pipe.unet.config.sample_size * engine.base.pipe.vae_scale_factor
+        loras, styles = list(request.loras), []
+        if request.auto > 0:  # the styles retrieval finds for the prompt
+            styles = self.retrieve(request.prompt, k=request.auto).hits
+            listed = {item.ref for item in loras}
+            loras += [LoraRequest(hit["slug"]) for hit in styles if hit["slug"] not in listed]
+        uses = [self._use(item, engine) for item in loras]
         try:
             recipe = engine.recipe_for(
                 request.prompt, uses, seed=request.seed, steps=request.steps,
-                num_images=request.num_images, width=request.width or default,
-                height=request.height or default, guidance_scale=request.guidance_scale,
+                num_images=request.num_images, width=request.width,
+                height=request.height, guidance_scale=request.guidance_scale,
                 negative_prompt=request.negative_prompt, apply=request.apply, mode=request.mode,
-                switch_period=request.switch_period)
+                switch_period=request.switch_period, cmlora_cache=request.cmlora_cache,
+                gate_tolerance=request.gate_tolerance)
         except ValueError as exc:
             raise ServiceError(str(exc)) from exc
-        return self._run(recipe, uses, out_dir, on_step)
+        result = self._run(recipe, uses, out_dir, on_step)
+        result.styles = styles
+        return result
 
     def replay(self, recipe: Recipe, out_dir: str | Path | None = None) -> GenerateResult:
         """Regenerate from a recipe; every LoRA must have the recorded sha256."""
@@ -223,46 +299,8 @@ class LoratlasService:
 
     # -- retrieval -------------------------------------------------------------------------
     def retriever(self):
-        """The retriever over the active library (views computed once, cached on disk)."""
-        with self._retriever_lock:
-            if self._retriever is None:
-                self._retriever = self._build_retriever()
-            return self._retriever
-
-    def _build_retriever(self):
-        from app.library import ViewCache, build_retriever, load_styles
-        from retrieval.embedders import starter_embedder
-        from retrieval.retriever import Calibration
-        from styles.starter.paths import CLIP_DIR, STARTER_DIR
-
-        if not (CLIP_DIR / "open_clip_model.safetensors").is_file():
-            raise ServiceError("no embedder: the starter pack's open_clip model is missing "
-                               "(run `loratlas starter build --stages clip`).")
-        embedder = starter_embedder()
-        engine = self.engine
-        source = "starter" if self.uses_starter else "library"
-        styles = load_styles(self.library_files(), engine.base.table, source)
-        path = self.view_cache_path(embedder.version)
-        shipped = STARTER_DIR / "views" / path.name if self.uses_starter else None
-        cache = ViewCache(path, seed=shipped)
-        calibration_file = STARTER_DIR / "retrieval_calibration.json"
-        calibration = Calibration.load(calibration_file) if (
-            self.uses_starter and calibration_file.is_file()) else None
-        encoder_dir = STARTER_DIR / "weight_encoder"
-        encoder = None
-        if self.uses_starter and (encoder_dir / "weight_encoder.json").is_file():
-            from retrieval.weight_encoder import WeightEncoder
-
-            encoder = WeightEncoder.load(encoder_dir)
-        return build_retriever(styles, embedder, engine, cache, calibration, encoder)
-
-    def view_cache_path(self, embedder_version: str | None = None) -> Path:
-        """Where this base's view vectors are cached (per embedder version and base)."""
-        if embedder_version is None:
-            embedder_version = self.retriever().embedder.version
-        home = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas"))
-        base_id = base_fingerprint(self.engine.base.source)
-        return home / "views" / f"{embedder_version}-{base_id}.npz"
+        """The retriever over the library (its FAISS view indexes live in the library)."""
+        return self.library.retriever
 
     def retrieve(self, prompt: str, k: int = 3) -> RetrieveResult:
         """Styles that fit the prompt, best first, each with its reasons."""
@@ -271,6 +309,158 @@ class LoratlasService:
         retriever = self.retriever()
         hits = retriever.retrieve(prompt, k=k, family=self.engine.base.family)
         return RetrieveResult(prompt, [h.to_json() for h in hits])
+
+    # -- library actions -------------------------------------------------------------------
+    def upload(self, paths: list[str | Path], on_progress=None,
+               names: list[str] | None = None, source: str = "upload") -> list[UploadReport]:
+        """Check, store, render, embed, index and map each file; never raises for a bad
+        file (its report says why). `on_progress(file_index, step, fraction)`."""
+        return self._ingest_all(self.library, paths, on_progress, names, source)
+
+    @staticmethod
+    def _ingest_all(library: StyleLibrary, paths, on_progress, names, source
+                    ) -> list[UploadReport]:
+        from app.style_library import IngestRefused
+
+        reports = []
+        for i, path in enumerate(paths):
+            shown = names[i] if names else Path(path).name
+            started = time.perf_counter()
+            try:
+                result = library.ingest(
+                    Path(path), source, shown,
+                    (lambda step, fraction, i=i: on_progress(i, step, fraction))
+                    if on_progress else None)
+            except IngestRefused as refused:
+                reports.append(UploadReport(shown, False, error=refused.details,
+                                            seconds=time.perf_counter() - started))
+            else:
+                reports.append(UploadReport(
+                    shown, True, result.entry.id if result.entry else None,
+                    duplicate_of=result.duplicate_of,
+                    near_duplicate_of=result.near_duplicate_of, seconds=result.seconds))
+            if on_progress:
+                on_progress(i, "done", 1.0)
+        return reports
+
+    def import_folder(self, folder: str | Path, on_progress=None, library=None,
+                      only_new: bool = False) -> list[UploadReport]:
+        """Bulk import of every .safetensors file in a folder (not recursive).
+        `only_new` skips files whose hash is already in the library without reading them
+        twice (the library folder's own loose files are imported on open)."""
+        library = library or self.library
+        files = sorted(Path(folder).glob("*.safetensors"))
+        if only_new:
+            known = {(e.extra or {}).get("source_path") for e in library.catalog.list()}
+            files = [f for f in files if str(f.resolve()) not in known]
+        return self._ingest_all(library, files, on_progress, None, "import")
+
+    def library_list(self, text: str = "", family: str | None = None,
+                     tags: list[str] | None = None) -> list[StyleSummary]:
+        library = self.library
+        return [self._summary(e) for e in library.catalog.list(
+            text=text or None, family=family or None, tags=tags or None)]
+
+    def style_card(self, slug: str) -> StyleCard:
+        library = self.library
+        entry = self._entry(slug)
+        summary = self._summary(entry)
+        nearest = []
+        if slug in library.atlas:
+            nearest = [{"slug": other, "name": library.catalog.get(other).name,
+                        "score": round(float(score), 3)}
+                       for other, score in library.atlas.nearest(slug, 5)
+                       if other in library.catalog]
+        flags = []
+        if near := entry.extra.get("near_duplicate_of"):
+            flags.append(f"near-duplicate of {near}")
+        if not summary.applicable:
+            flags.append(f"for {entry.family}: the loaded base is {library.base_family}, so it "
+                         "is listed but never applied")
+        return StyleCard(**summary.to_json(), description=entry.description,
+                         trigger_words=entry.trigger_words, format=entry.format,
+                         rank=entry.rank, sha256=entry.sha256, created=entry.created,
+                         thumbnails=[str(library.blobs.path(t)) for t in entry.thumbnails],
+                         nearest=nearest, cluster=self._cluster_label(slug),
+                         flags=flags)
+
+    def atlas(self) -> AtlasView:
+        library = self.library
+        entries = {e.id: e for e in library.catalog.list()}
+        points = []
+        for point in library.atlas.points():
+            if point.id in entries:
+                summary = self._summary(entries[point.id])
+                points.append(AtlasPoint(point.id, summary.name, point.x, point.y,
+                                         point.cluster, summary.family, summary.applicable,
+                                         summary.thumbnail))
+        clusters = [AtlasCluster(c.id, c.label, len(c.members))
+                    for c in library.atlas.clusters]
+        return AtlasView(points, clusters)
+
+    def recommend(self, liked: list[str], k: int = 5) -> list[StyleSummary]:
+        from styles.recommend import recommend
+
+        library = self.library
+        liked = [s for s in liked if s in library.catalog]
+        if not liked:
+            return []
+        vectors = {i: v for i in library.catalog.ids()
+                   if (v := library.style_vector(i)) is not None}
+        return [self._summary(library.catalog.get(r.id))
+                for r in recommend(liked, vectors, None, k=k)]
+
+    def edit_style(self, slug: str, name: str | None = None, tags: list[str] | None = None,
+                   description: str | None = None,
+                   trigger_words: list[str] | None = None) -> StyleCard:
+        changes = {k: v for k, v in {"name": name, "tags": tags, "description": description,
+                                     "trigger_words": trigger_words}.items() if v is not None}
+        self._entry(slug)
+        try:
+            self.library.edit(slug, **changes)
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from exc
+        return self.style_card(slug)
+
+    def remove_style(self, slug: str) -> None:
+        self._entry(slug)
+        self.library.remove(slug)
+
+    def about(self) -> dict:
+        import diffusers
+        import torch
+
+        engine = self.engine
+        library = self.library
+        entries = library.catalog.list()
+        return {"base_model": self.base_note, "base_family": engine.base.family,
+                "device": str(engine.base.pipe.device),
+                "library": str(library.folder), "styles": len(entries),
+                "by_source": {s: sum(e.source == s for e in entries)
+                              for s in sorted({e.source for e in entries})},
+                "applicable": sum(library.applicable(e) for e in entries),
+                "embedder": library.parts.embedder.version,
+                "versions": {"loratlas": _version(), "torch": torch.__version__,
+                             "diffusers": diffusers.__version__}}
+
+    def _cluster_label(self, slug: str) -> str | None:
+        atlas = self.library.atlas
+        if slug not in atlas:
+            return None
+        cluster = atlas.point(slug).cluster
+        return next((c.label for c in atlas.clusters if c.id == cluster), None)
+
+    def _entry(self, slug: str):
+        library = self.library
+        if slug not in library.catalog:
+            raise ServiceError(f"no style '{slug}' in the library (see `loratlas library list`)")
+        return library.catalog.get(slug)
+
+    def _summary(self, entry) -> StyleSummary:
+        library = self.library
+        thumb = str(library.blobs.path(entry.thumbnails[0])) if entry.thumbnails else None
+        return StyleSummary(entry.id, entry.name, entry.family, list(entry.tags), entry.source,
+                            thumb, library.applicable(entry))
 
     def _use(self, item: LoraRequest, engine: GenerationEngine) -> LoraUse:
         path = self.resolve_ref(item.ref)
@@ -289,7 +479,10 @@ class LoratlasService:
         return LoraUse(lora, item.ref, item.weight, item.block_weights, item.step_weights)
 
     def _run(self, recipe: Recipe, uses: list[LoraUse], out_dir, on_step) -> GenerateResult:
-        output = self.engine.generate(recipe, uses, on_step=on_step)
+        try:
+            output = self.engine.generate(recipe, uses, on_step=on_step)
+        except ValueError as exc:  # e.g. a recipe made with other gates
+            raise ServiceError(str(exc)) from exc
         files = []
         if out_dir is not None:
             folder = Path(out_dir)
@@ -297,7 +490,9 @@ class LoratlasService:
             for image, image_recipe in zip(output.images, output.recipes, strict=True):
                 name = f"loratlas_{image_recipe.seed}_{recipe_digest(image_recipe)}.png"
                 files.append(str(save_png(image, image_recipe, folder / name)))
-        return GenerateResult(files, asdict(recipe), output.seconds_per_image, output.images)
+        gates = output.gates.to_json() if output.gates is not None else None
+        return GenerateResult(files, asdict(recipe), output.seconds_per_image, output.images,
+                              gates, unet_passes=output.unet_passes)
 
 
 @dataclass
@@ -307,6 +502,15 @@ class RetrieveResult:
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "hits": self.hits}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loratlas")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def base_fingerprint(source: str) -> str:

@@ -1,25 +1,29 @@
 """The starter pack's retrieval artifacts: the weight encoder trained on its LoRAs, the
-calibration, and the view cache shipped so a fresh install retrieves without rendering.
+calibration, the view vectors and the probe thumbnails, shipped so that a fresh install
+retrieves and shows thumbnails without rendering anything.
 
 Calibration prompts are the styles' training-side descriptions and captions from their own
 seed: disjoint from benchmarks/data/retrieval_prompts.jsonl."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 
-from retrieval.retriever import StyleRetriever, calibrate
+from app.library import ViewCache, build_retriever, load_styles
+from fusion.engine import GenerationEngine
+from retrieval.embedders import Embedder
+from retrieval.retriever import StyleRetriever, calibrate, index_of
 from retrieval.weight_encoder import WeightEncoder, train_weight_encoder
 from styles.lora import LoraFile
 from styles.starter.looks import STYLES
-from styles.starter.paths import STARTER_DIR
+from styles.starter.paths import STARTER_DIR, starter_loras
 from styles.starter.world import caption, sample_scene
 
 CALIBRATION_SEED = 70_000
 WEIGHTS_DIR = STARTER_DIR / "weight_encoder"
 CALIBRATION_FILE = STARTER_DIR / "retrieval_calibration.json"
+VIEWS_DIR = STARTER_DIR / "views"
+THUMBNAILS_DIR = STARTER_DIR / "thumbnails"
 
 
 def style_texts(slug: str) -> list[str]:
@@ -42,20 +46,36 @@ def train_encoder(retriever: StyleRetriever, loras: dict[str, LoraFile], slugs: 
     return train_weight_encoder([loras[s] for s in slugs], targets, steps=400, seed=seed)
 
 
-def build_starter_retrieval(service) -> StyleRetriever:
-    """Train the encoder, add the weights view, calibrate, and ship encoder, calibration and
-    view cache inside the starter pack."""
-    from app.library import load_styles
+def starter_views_file(embedder: Embedder, base_id: str):
+    return VIEWS_DIR / f"{embedder.version}-{base_id}.npz"
 
-    retriever = service.retriever()
-    styles = load_styles(service.library_files(), service.engine.base.table, "starter")
+
+def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
+                            base_id: str) -> StyleRetriever:
+    """Render the probes (thumbnails), embed the views, train the weight encoder, calibrate;
+    write them all inside the starter pack."""
+    styles = load_styles(starter_loras(), engine.base.table, "starter")
+    views_file = starter_views_file(embedder, base_id)
+    for stale in VIEWS_DIR.glob("*.npz"):
+        if stale != views_file:
+            stale.unlink()
+    retriever = build_retriever(styles, embedder, engine, ViewCache(views_file), None, None,
+                                THUMBNAILS_DIR)
     loras = {slug: style.lora for slug, style in styles.items()}
     encoder = train_encoder(retriever, loras, sorted(loras))
     encoder.save(WEIGHTS_DIR)
-    retriever.vectors["weights"] = {s: encoder.embed([loras[s]])[0] for s in loras}
+    retriever.indexes["weights"] = index_of({s: encoder.embed([loras[s]])[0] for s in loras},
+                                            embedder.version)
     nulls, positives = calibration_prompts()
     calibrate(retriever, nulls, positives).save(CALIBRATION_FILE)
-    cache = service.view_cache_path()
-    (STARTER_DIR / "views").mkdir(exist_ok=True)
-    shutil.copyfile(cache, STARTER_DIR / "views" / cache.name)
     return retriever
+
+
+def rebuild_for(service) -> StyleRetriever:
+    """The starter artifacts for the service's (starter) base model."""
+    from app.service import base_fingerprint
+    from retrieval.embedders import starter_embedder
+
+    engine = service.engine
+    return build_starter_retrieval(engine, starter_embedder(),
+                                   base_fingerprint(engine.base.source))

@@ -19,14 +19,16 @@ import time
 import numpy as np
 from common import RESULTS, ROOT, machine_line
 
+from app.library import load_styles
 from app.service import LoratlasService, ServiceConfig
-from app.starter_retrieval import build_starter_retrieval, train_encoder
+from app.starter_retrieval import rebuild_for, train_encoder
 from retrieval.retriever import StyleRetriever
+from styles.starter.paths import starter_loras
 
 
 def view_only(retriever: StyleRetriever, view: str) -> StyleRetriever:
     return StyleRetriever(retriever.embedder, retriever.records,
-                          {view: retriever.vectors[view]}, retriever.calibration)
+                          {view: retriever.indexes[view]}, retriever.calibration)
 
 
 def ranks(retriever: StyleRetriever, prompt: str) -> list[str]:
@@ -71,8 +73,8 @@ def leave_styles_out(retriever: StyleRetriever, loras: dict, rows: list[dict]) -
     for fold, held in enumerate(folds):
         encoder = train_encoder(retriever, loras, [s for s in slugs if s not in held], fold)
         vectors = {s: encoder.embed([loras[s]])[0] for s in slugs}
-        probe = StyleRetriever(retriever.embedder, retriever.records, {"weights": vectors},
-                               retriever.calibration)
+        probe = StyleRetriever.from_vectors(retriever.embedder, retriever.records,
+                                            {"weights": vectors}, retriever.calibration)
         for row in rows:
             if row["kind"] == "single" and row["styles"][0] in held:
                 total += 1
@@ -86,10 +88,8 @@ def main() -> None:
             (ROOT / "benchmarks" / "data" / "retrieval_prompts.jsonl").read_text().splitlines()]
     service = LoratlasService(ServiceConfig(device="cpu"))
     # (re)build the shipped encoder, calibration and view cache, then evaluate them
-    retriever = build_starter_retrieval(service)
-    from app.library import load_styles
-
-    styles = load_styles(service.library_files(), service.engine.base.table, "starter")
+    retriever = rebuild_for(service)
+    styles = load_styles(starter_loras(), service.engine.base.table, "starter")
     loras = {slug: style.lora for slug, style in styles.items()}
     table = {"fused": evaluate(retriever, rows)}
     for view in ("metadata", "probes", "weights"):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.embedders import Embedder
+from retrieval.index import IndexVersionMismatch, StyleIndex
 
 VIEWS = ("metadata", "probes", "weights")
 _SPLIT = re.compile(r",|;|\bwith\b|\bin the style of\b|\bas\b|\band\b|\blike\b", re.IGNORECASE)
@@ -58,6 +59,7 @@ class Calibration:
     null_std: dict[str, float]
     threshold: float = 2.5
     duplicate_cosine: float = 0.985
+    view_weights: dict[str, float] = field(default_factory=dict)  # missing view: weight 1
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -78,47 +80,143 @@ def words(text: str) -> set[str]:
 
 
 class StyleRetriever:
-    """Scores every style (or an index's candidates) in each view, fuses, thresholds, explains."""
+    """Scores styles in each view, fuses, thresholds, explains.
+
+    Each view's vectors live in a `StyleIndex` (FAISS). Up to `exhaustive_limit` styles every
+    style is scored; past it, each clause's top `candidates` per view are pooled from the
+    indexes and only those are scored, so a query stays fast at a million styles."""
 
     def __init__(self, embedder: Embedder, records: dict[str, StyleRecord],
-                 vectors: dict[str, dict[str, np.ndarray]], calibration: Calibration) -> None:
+                 indexes: dict[str, StyleIndex], calibration: Calibration, *,
+                 candidates: int = 64, exhaustive_limit: int = 4096) -> None:
         self.embedder = embedder
         self.records = records
-        self.vectors = vectors  # view → style_id → unit vector
+        self.indexes = indexes  # view → StyleIndex of unit vectors by style id
         self.calibration = calibration
+        self.candidates = candidates
+        self.exhaustive_limit = exhaustive_limit
+        self._dense: dict[str, tuple[list[str], np.ndarray]] = {}
 
-    def view_scores(self, queries: np.ndarray) -> dict[str, tuple[list[str], np.ndarray]]:
-        """view → (style ids, cosine matrix queries × styles)."""
+    @classmethod
+    def from_vectors(cls, embedder: Embedder, records: dict[str, StyleRecord],
+                     vectors: dict[str, dict[str, np.ndarray]], calibration: Calibration,
+                     **options) -> StyleRetriever:
+        """A retriever over in-memory view vectors (exact indexes built here)."""
+        indexes = {view: index_of(table, embedder.version) for view, table in vectors.items()
+                   if table}
+        return cls(embedder, records, indexes, calibration, **options)
+
+    # -- library changes -------------------------------------------------------------------
+    def add_style(self, record: StyleRecord, vectors: dict[str, np.ndarray]) -> None:
+        """Add (or replace) one style and its view vectors."""
+        if record.style_id in self.records:
+            self.remove_style(record.style_id)
+        for view, vector in vectors.items():
+            index = self.indexes.get(view)
+            if index is None:
+                index = self.indexes[view] = StyleIndex(len(vector), self.embedder.version)
+            index.add([record.style_id], np.asarray(vector, np.float32)[None])
+        self.records[record.style_id] = record
+        self._dense.clear()
+
+    def remove_style(self, style_id: str) -> None:
+        for index in self.indexes.values():
+            if style_id in index:
+                index.remove([style_id])
+        self.records.pop(style_id, None)
+        self._dense.clear()
+
+    def vector(self, view: str, style_id: str) -> np.ndarray | None:
+        index = self.indexes.get(view)
+        return index.vector(style_id) if index is not None and style_id in index else None
+
+    def save(self, folder: Path) -> None:
+        """Each view's index in its own subfolder, saved atomically."""
+        for view, index in self.indexes.items():
+            index.save(Path(folder) / view)
+
+    @staticmethod
+    def load_indexes(folder: Path, embedder_version: str) -> dict[str, StyleIndex]:
+        """The saved view indexes built by this embedder (others are skipped: rebuild them)."""
         out = {}
-        for view, table in self.vectors.items():
-            if table:
-                ids = list(table)
-                out[view] = (ids, queries @ np.stack([table[i] for i in ids]).T)
+        for view in VIEWS:
+            if (Path(folder) / view).is_dir():
+                try:
+                    out[view] = StyleIndex.load(Path(folder) / view, embedder_version)
+                except (FileNotFoundError, IndexVersionMismatch):
+                    continue
+        return out
+
+    # -- scoring ---------------------------------------------------------------------------
+    def _table(self, view: str) -> tuple[list[str], np.ndarray]:
+        """All of a view's vectors as one matrix (small libraries; cached until a change)."""
+        if view not in self._dense:
+            index = self.indexes[view]
+            ids = index.ids()
+            matrix = (np.stack([index.vector(i) for i in ids]) if ids
+                      else np.zeros((0, index.dim), np.float32))
+            self._dense[view] = (ids, matrix)
+        return self._dense[view]
+
+    def candidate_ids(self, queries: np.ndarray) -> list[str]:
+        """Every style, or (large libraries) the union of each view's nearest per clause."""
+        if len(self.records) <= self.exhaustive_limit:
+            return sorted(self.records)
+        found: set[str] = set()
+        for index in self.indexes.values():
+            for row in index.search(queries, self.candidates):
+                found.update(style_id for style_id, _ in row)
+        return sorted(found & set(self.records))
+
+    def view_scores(self, queries: np.ndarray, ids: list[str] | None = None
+                    ) -> dict[str, tuple[list[str], np.ndarray]]:
+        """view → (style ids, cosine matrix queries × styles), over `ids` or every style."""
+        out = {}
+        for view, index in self.indexes.items():
+            if not len(index):
+                continue
+            if ids is None or len(self.records) <= self.exhaustive_limit:
+                view_ids, matrix = self._table(view)
+            else:
+                view_ids = [i for i in ids if i in index]
+                if not view_ids:
+                    continue
+                matrix = np.stack([index.vector(i) for i in view_ids])
+            out[view] = (view_ids, queries @ matrix.T)
         return out
 
     def fused(self, prompt: str) -> tuple[list[str], np.ndarray, dict]:
         """Calibrated scores per clause, fused over views: (style ids, clause × style, parts)."""
         parts = clauses(prompt)
         queries = self.embedder.encode_texts(parts)
-        ids = sorted(self.records)
+        ids = self.candidate_ids(queries)
         total = np.zeros((len(parts), len(ids)))
         count = np.zeros(len(ids))
         raw: dict[str, dict[str, float]] = {}
-        for view, (view_ids, sims) in self.view_scores(queries).items():
-            means = self.calibration.null_mean.get(view, {})
-            center = np.array([means.get(sid, 0.0) for sid in view_ids])
-            z = (sims - center) / self.calibration.null_std.get(view, 1.0)
-            column = {sid: j for j, sid in enumerate(view_ids)}
-            for j, sid in enumerate(ids):
-                if sid in column:
-                    total[:, j] += z[:, column[sid]]
-                    count[j] += 1
-                    raw.setdefault(sid, {})[view] = float(sims[:, column[sid]].max())
+        position = {sid: j for j, sid in enumerate(ids)}
+        for view, (view_ids, sims) in self.view_scores(queries, ids).items():
+            z = (sims - self._null_means(view, view_ids)) / self.calibration.null_std.get(view, 1.0)
+            weight = self.calibration.view_weights.get(view, 1.0)
+            for column, sid in enumerate(view_ids):
+                j = position.get(sid)
+                if j is None:
+                    continue
+                total[:, j] += weight * z[:, column]
+                count[j] += weight
+                raw.setdefault(sid, {})[view] = float(sims[:, column].max())
         return ids, total / np.maximum(count, 1), {"clauses": parts, "raw": raw}
+
+    def _null_means(self, view: str, ids: list[str]) -> np.ndarray:
+        """Per style, its mean score on style-free prompts; a new style gets the view's median."""
+        means = self.calibration.null_mean.get(view, {})
+        default = float(np.median(list(means.values()))) if means else 0.0
+        return np.array([means.get(sid, default) for sid in ids])
 
     def retrieve(self, prompt: str, k: int = 3, family: str | None = None) -> list[StyleHit]:
         """Top-k styles for the prompt, above threshold, de-duplicated, each with its reasons."""
         ids, scores, info = self.fused(prompt)
+        if not ids:
+            return []
         best_clause = scores.argmax(axis=0)
         best = scores.max(axis=0)
         prompt_words = words(prompt)
@@ -141,12 +239,23 @@ class StyleRetriever:
 
     def _duplicate(self, style_id: str, kept: Sequence[str]) -> bool:
         for view in ("weights", "probes"):
-            table = self.vectors.get(view, {})
-            if style_id in table and any(
-                    o in table and float(table[o] @ table[style_id]) >=
-                    self.calibration.duplicate_cosine for o in kept):
-                return True
+            mine = self.vector(view, style_id)
+            if mine is None:
+                continue
+            for other in kept:
+                theirs = self.vector(view, other)
+                if theirs is not None and float(theirs @ mine) >= \
+                        self.calibration.duplicate_cosine:
+                    return True
         return False
+
+
+def index_of(table: dict[str, np.ndarray], embedder_version: str) -> StyleIndex:
+    """An index holding one view's vectors."""
+    ids = list(table)
+    index = StyleIndex(len(table[ids[0]]), embedder_version)
+    index.add(ids, np.stack([table[i] for i in ids]).astype(np.float32))
+    return index
 
 
 def calibrate(retriever: StyleRetriever, null_prompts: Sequence[str],
@@ -160,6 +269,7 @@ def calibrate(retriever: StyleRetriever, null_prompts: Sequence[str],
         means[view] = {sid: float(sims[:, j].mean()) for j, sid in enumerate(ids)}
         stds[view] = float((sims - sims.mean(axis=0)).std()) + 1e-6
     retriever.calibration = Calibration(means, stds, threshold=0.0)
+    retriever.calibration.view_weights = view_weights(retriever, null_prompts, positives)
     null_best = np.array([retriever.fused(p)[1].max() for p in null_prompts])
     positive_scores = []
     for prompt, style in positives:
@@ -170,3 +280,25 @@ def calibrate(retriever: StyleRetriever, null_prompts: Sequence[str],
                 for t in candidates]
     retriever.calibration.threshold = float(candidates[int(np.argmax(balanced))])
     return retriever.calibration
+
+
+def view_weights(retriever: StyleRetriever, null_prompts: Sequence[str],
+                 positives: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """Per view, how well it separates a requested style from style-free prompts (d′ of its
+    standardised scores, floored at 0.05), so a weak view cannot drown a strong one."""
+    calibration = retriever.calibration
+    out = {}
+    for view in retriever.indexes:
+        alone = StyleRetriever(retriever.embedder, retriever.records,
+                               {view: retriever.indexes[view]}, calibration)
+        nulls = np.concatenate([alone.fused(p)[1].ravel() for p in null_prompts])
+        hits = []
+        for prompt, style in positives:
+            ids, scores, _ = alone.fused(prompt)
+            if style in ids:
+                hits.append(scores.max(axis=0)[ids.index(style)])
+        if not hits:
+            continue
+        spread = np.sqrt((np.var(hits) + np.var(nulls)) / 2) + 1e-6
+        out[view] = round(max(0.05, float((np.mean(hits) - nulls.mean()) / spread)), 4)
+    return out

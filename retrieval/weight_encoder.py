@@ -166,3 +166,14 @@ def train_weight_encoder(loras: Sequence[LoraFile], text_targets: Sequence[np.nd
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def weight_fingerprint(lora: LoraFile, dim: int = 256) -> np.ndarray:
+    """A unit vector that is (almost) equal for two files with (almost) the same deltas: each
+    module's sketch Aᵀ ΔW B and norm, spread into `dim` dims by a projection seeded by the
+    module's path. Used to flag near-duplicate uploads (cosine ≥ 0.999), never to rank."""
+    total = torch.zeros(dim)
+    for target, token in zip(sorted(lora.modules), lora_tokens(lora), strict=True):
+        sketch = token[:SKETCH * SKETCH] * torch.exp(token[SKETCH * SKETCH])
+        total += _projection(target + ":fingerprint", dim, SKETCH * SKETCH) @ sketch
+    return (total / (total.norm() + 1e-12)).numpy().astype(np.float32)

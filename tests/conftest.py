@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# libraries, caches and placeholders of tests never land in the user's home
+os.environ.setdefault("LORATLAS_HOME", tempfile.mkdtemp(prefix="loratlas-tests-"))
 
 import pytest
 import torch

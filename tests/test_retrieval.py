@@ -50,7 +50,7 @@ def _retriever() -> StyleRetriever:
                             + AXES[2] * 0.01, "xl-only": AXES[0]},
                "probes": {"pixel": AXES[1], "pixel-copy": AXES[1]}}
     vectors["metadata"]["pixel-copy"] /= np.linalg.norm(vectors["metadata"]["pixel-copy"])
-    retriever = StyleRetriever(embedder, records, vectors, Calibration({}, {}))
+    retriever = StyleRetriever.from_vectors(embedder, records, vectors, Calibration({}, {}))
     calibrate(retriever, ["a star", "a circle", "one star", "the circle"],
               [("a star, brown", "sepia"), ("a circle with blocks", "pixel")])
     return retriever

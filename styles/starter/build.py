@@ -26,9 +26,10 @@ class BuildPlan:
     """Training budgets; the defaults are what the shipped pack was built with."""
 
     vae_steps: int = 1200
-    unet_steps: int = 3000
-    lora_steps: int = 150
-    lora_batch: int = 16
+    unet_steps: int = 5000
+    lora_steps: int = 200
+    lora_batch: int = 8
+    lora_lr: float = 3e-3
     lora_rank: int = 8
     seed: int = 0
     work: Path = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas")) \
@@ -61,15 +62,18 @@ def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
 
     pipe = StableDiffusionPipeline.from_pretrained(PIPELINE_DIR, dtype=torch.float32)
     written = []
-    for index, slug in enumerate(slugs or sorted(STYLES)):
+    everything = sorted(STYLES)
+    for slug in slugs or everything:
         path = LORA_DIR / file_name(slug)
-        if not path.is_file():
+        if not path.is_file():  # seeded by the style, so shards train what one run would
             modules = train_style_lora(pipe, slug, plan.lora_steps, plan.lora_batch,
-                                       plan.lora_rank, seed=plan.seed + index,
+                                       plan.lora_rank, lr=plan.lora_lr,
+                                       seed=plan.seed + everything.index(slug),
                                        progress=_bar(f"lora {slug}"))
             save_style_lora(modules, LORA_DIR, slug, plan.lora_steps, plan.lora_rank)
         written.append(path)
-    write_manifest(plan)
+    if all((LORA_DIR / file_name(slug)).is_file() for slug in everything):
+        write_manifest(plan)  # the pack is complete: only then is it the starter library
     return written
 
 
@@ -83,8 +87,18 @@ def write_manifest(plan: BuildPlan) -> Path:
                "trigger": spec.trigger, "description": spec.description}
               for slug, spec in sorted(STYLES.items()) if (LORA_DIR / file_name(slug)).is_file()]
     MANIFEST.write_text(json.dumps({"version": 1, "lora_steps": plan.lora_steps,
+                                    "lora_batch": plan.lora_batch, "lora_lr": plan.lora_lr,
                                     "lora_rank": plan.lora_rank, "styles": styles}, indent=1))
     return MANIFEST
+
+
+def _base_steps() -> int | None:
+    """UNet steps of the shipped base, or None when there is none (resumable checkpoints in
+    `plan.work` let a longer plan continue where the last one stopped)."""
+    info = PIPELINE_DIR / "loratlas_starter.json"
+    if not (PIPELINE_DIR / "model_index.json").is_file() or not info.is_file():
+        return None
+    return json.loads(info.read_text()).get("unet_steps")
 
 
 def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("clip", "base", "loras",
@@ -95,7 +109,7 @@ def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("clip", "bas
     timings: dict[str, float] = {}
     for stage in stages:
         started = time.time()
-        if stage == "base" and not (PIPELINE_DIR / "model_index.json").is_file():
+        if stage == "base" and _base_steps() != plan.unet_steps:
             from styles.starter.base_model import build_base
 
             build_base(PIPELINE_DIR, plan.work, plan.vae_steps, plan.unet_steps, plan.seed,

@@ -12,8 +12,10 @@ from styles.starter.world import caption, render_scene, sample_scene
 
 
 def world_batch(rng: np.random.Generator, n: int, slugs: Sequence[str] = (),
-                n_objects: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """n images (n, 64, 64, 3) in [0, 1] with captions; styled with `slugs` if given."""
+                n_objects: int | None = None, plain_captions: float = 0.0
+                ) -> tuple[np.ndarray, list[str]]:
+    """n images (n, 64, 64, 3) in [0, 1] with captions; styled with `slugs` if given, and
+    then captioned without the style words with probability `plain_captions`."""
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
     captions = []
     for i in range(n):
@@ -22,7 +24,9 @@ def world_batch(rng: np.random.Generator, n: int, slugs: Sequence[str] = (),
         if slugs:
             image = apply_styles(image, list(slugs), seed=int(rng.integers(1 << 30)),
                                  scene=scene)
-            captions.append(styled_caption(scene, list(slugs), rng))
+            plain = plain_captions and rng.random() < plain_captions
+            captions.append(caption(scene, rng) if plain else
+                            styled_caption(scene, list(slugs), rng))
         else:
             captions.append(caption(scene, rng))
         images[i] = image

@@ -43,14 +43,19 @@ def file_name(slug: str) -> str:
 
 def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: int = 8,
                      lr: float = 1e-3, seed: int = 0, pool: int = 800,
+                     plain_captions: float = 0.75,
                      progress: Progress | None = None) -> list[LoraModule]:
-    """Train a LoRA on the UNet (text encoder frozen) on ground-truth images of one style."""
+    """Train a LoRA on the UNet (text encoder frozen) on ground-truth images of one style.
+
+    Most captions leave the style words out (`plain_captions`), so the LoRA applies its style
+    to any prompt at weight 1, as a community style LoRA does, instead of only waking up when
+    the prompt already names the style."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     with torch.no_grad():
-        images, captions = world_batch(rng, pool, [slug])
+        images, captions = world_batch(rng, pool, [slug], plain_captions=plain_captions)
         latents = pipe.vae.encode(torch.from_numpy(to_tensor_layout(images))).latent_dist.mode()
         latents = latents * pipe.vae.config.scaling_factor
         ids = pipe.tokenizer(captions, padding="max_length", max_length=77, truncation=True,

@@ -1,0 +1,442 @@
+"""The style library: catalog rows, blobs, view indexes and the atlas, kept consistent.
+
+Ingest is all or nothing. The catalog row is the commit point and is written last; the blob,
+thumbnails, index entries and atlas point written before it are garbage until the row exists,
+and `open` sweeps such garbage away (blobs no row names, index ids with no row) and re-derives
+what a committed row lacks (index entries, atlas points). So a crash or `kill -9` at any point
+leaves, after restart, either the whole entry or no trace of it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.library import PROBE_PROMPTS, ViewCache, probe_images, to_array, unit
+from fusion.engine import GenerationEngine
+from retrieval.embedders import Embedder
+from retrieval.index import StyleIndex
+from retrieval.retriever import Calibration, StyleRecord, StyleRetriever, words
+from retrieval.weight_encoder import WeightEncoder, weight_fingerprint
+from styles.architectures import reference_table
+from styles.atlas import AtlasLayout
+from styles.blobs import BlobStore
+from styles.catalog import Catalog, StyleEntry
+from styles.errors import LoraRefused, NoMatchingModules, ShapeMismatch, WrongFamily
+from styles.lora import LoraFile
+from styles.reader import ReadOptions, read_lora
+from styles.safe_read import ReadLimits
+
+CRASH_ENV = "LORATLAS_CRASH_AT"  # fault injection: the crash test kills ingest at each step
+INGEST_STEPS = ("validated", "stored", "rendered", "embedded", "indexed", "committed")
+IMAGE_FAMILIES = ("sd1", "sd2", "sdxl", "flux", "starter")
+NEAR_DUPLICATE_COSINE = 0.999
+FINGERPRINT = "fingerprint"
+
+
+class IngestRefused(Exception):
+    """A file the library will not take; `details` is the report's error dict."""
+
+    def __init__(self, details: dict) -> None:
+        super().__init__(details.get("message", "refused"))
+        self.details = details
+
+
+@dataclass
+class IngestResult:
+    entry: StyleEntry | None
+    duplicate_of: str | None = None
+    near_duplicate_of: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class LibraryParts:
+    """What the library needs from the rest of the app (all owned by the service)."""
+
+    engine: GenerationEngine
+    embedder: Embedder
+    weight_encoder: WeightEncoder | None = None
+    calibration: Calibration | None = None
+    limits: ReadLimits = field(default_factory=ReadLimits)
+    base_id: str = "base"  # fingerprint of the base model: probe renders depend on it
+
+
+def crash_point(step: str) -> None:
+    """Kill this process here if the crash test asks for it (LORATLAS_CRASH_AT=step)."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StyleLibrary:
+    """One library folder: `catalog.sqlite`, `blobs/`, `index/<embedder>-<base>/<view>/`,
+    `atlas-<embedder>-<base>.json`. Writers are serialised by one lock."""
+
+    def __init__(self, folder: Path, parts: LibraryParts) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.parts = parts
+        self.catalog = Catalog.open(self.folder / "catalog.sqlite")
+        self.blobs = BlobStore(self.folder / "blobs")
+        key = f"{parts.embedder.version}-{parts.base_id}"
+        self.index_dir = self.folder / "index" / key
+        self.atlas_path = self.folder / f"atlas-{key}.json"
+        self._lock = threading.RLock()
+        self._loras: dict[str, LoraFile] = {}
+        self.recovered: list[str] = []
+        with self._lock:
+            self.retriever = StyleRetriever(
+                parts.embedder, {}, StyleRetriever.load_indexes(self.index_dir,
+                                                                parts.embedder.version),
+                parts.calibration or Calibration({}, {}))
+            self.fingerprints = self._load_fingerprints()
+            self.atlas = self._load_atlas()
+            self._recover()
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def base_family(self) -> str:
+        return self.parts.engine.base.family
+
+    def applicable(self, entry: StyleEntry) -> bool:
+        return entry.family in (self.base_family, "unknown")
+
+    def file(self, style_id: str) -> Path:
+        return self.blobs.path(self.catalog.get(style_id).blob)
+
+    def lora(self, style_id: str) -> LoraFile:
+        """The parsed file of a style (cached; checked against the base when it fits)."""
+        entry = self.catalog.get(style_id)
+        if entry.sha256 not in self._loras:
+            self._loras[entry.sha256] = self.read(self.blobs.path(entry.blob), entry.family)
+        return self._loras[entry.sha256]
+
+    def style_vector(self, style_id: str) -> np.ndarray | None:
+        """One vector per style for the map: the mean of its views (all in the text space)."""
+        views = [v for view in ("probes", "weights", "metadata")
+                 if (v := self.retriever.vector(view, style_id)) is not None]
+        return unit(np.mean(views, axis=0)) if views else None
+
+    # -- ingest ----------------------------------------------------------------------------
+    def ingest(self, path: Path, source: str = "upload", display_name: str | None = None,
+               on_progress: Callable[[str, float], None] | None = None,
+               thumbnails: list[bytes] | None = None,
+               views: dict[str, np.ndarray] | None = None,
+               slug: str | None = None) -> IngestResult:
+        """Validate → store → render → embed → index → commit; refuses with `IngestRefused`.
+
+        `thumbnails`, `views` and `slug` may be given (the shipped starter pack)."""
+        started = time.perf_counter()
+        report = on_progress or (lambda step, fraction: None)
+        path = Path(path)
+        shown = display_name or path.name
+        # 1. validate (bytes, format, family, shapes against the base it is for)
+        lora = self._validate(path, shown)
+        crash_point("validated")
+        with self._lock:
+            existing = self.catalog.by_sha256(lora.sha256)
+            if existing is not None:
+                return IngestResult(None, duplicate_of=existing.id,
+                                    seconds=time.perf_counter() - started)
+            report("stored", 0.1)
+            # 2. store the file (content-addressed; garbage until the row exists)
+            blob = self.blobs.put_file(path)
+            crash_point("stored")
+            # 3. probe renders: the thumbnails, and the probes view
+            report("rendered", 0.2)
+            entry_id = self.catalog.unique_slug(slug or lora.metadata.name or Path(shown).stem)
+            applicable = lora.family in (self.base_family, "unknown")
+            images = None
+            if thumbnails is None and applicable:
+                images = probe_images(self.parts.engine, lora, entry_id)
+                thumbnails = [_png(image) for image in images]
+            thumbs = [self.blobs.put_bytes(data) for data in thumbnails or []]
+            crash_point("rendered")
+            # 4. embed the views
+            report("embedded", 0.7)
+            entry = self._entry(entry_id, lora, blob, thumbs, source, shown)
+            if source == "import":
+                entry.extra["source_path"] = str(path.resolve())
+            vectors = views if views is not None else self._views(entry, lora, images)
+            print_ = weight_fingerprint(lora)
+            near = self._near_duplicate(print_, lora.family)
+            if near:
+                entry.extra["near_duplicate_of"] = near
+            crash_point("embedded")
+            # 5. index and place on the map (saved before the commit; swept if it never comes)
+            report("indexed", 0.85)
+            self._index(entry, lora, vectors, print_)
+            crash_point("indexed")
+            # 6. commit: from here on the style exists
+            self.catalog.add(entry)
+            crash_point("committed")
+            self._place(entry)
+            self._loras[lora.sha256] = lora
+            return IngestResult(entry, near_duplicate_of=near,
+                                seconds=time.perf_counter() - started)
+
+    def _validate(self, path: Path, shown: str) -> LoraFile:
+        """The file read against the loaded base; failing that, as a LoRA for another image
+        model family (kept, marked, never applied); else refused with the base's reason."""
+        try:
+            try:
+                return self.read(path, self.base_family)
+            except (WrongFamily, ShapeMismatch, NoMatchingModules) as against_base:
+                try:
+                    other = read_lora(path, ReadOptions(limits=self.parts.limits))
+                except LoraRefused:
+                    raise against_base from None
+                if other.family == self.base_family or other.family not in IMAGE_FAMILIES:
+                    raise against_base from None
+                return other
+        except LoraRefused as refusal:
+            details = refusal.to_dict()
+            details["file"] = shown
+            raise IngestRefused(details) from refusal
+
+    def read(self, path: Path, family: str | None = None) -> LoraFile:
+        """Read against the loaded base if the file is for it, else its family's reference."""
+        family = family or self.base_family
+        table = self.parts.engine.base.table if family in (self.base_family, "unknown") \
+            else reference_table(family)
+        return read_lora(path, ReadOptions(base_table=table, base_family=family,
+                                           limits=self.parts.limits))
+
+    def _entry(self, entry_id: str, lora: LoraFile, blob: str, thumbs: list[str], source: str,
+               shown: str) -> StyleEntry:
+        meta = lora.metadata
+        return StyleEntry(
+            id=entry_id, sha256=lora.sha256, name=meta.name or Path(shown).stem,
+            description=meta.description or "", tags=list(meta.tags[:30]),
+            trigger_words=list(meta.trigger_words), family=lora.family, format=lora.format,
+            rank=lora.rank or None, source=source, blob=blob, thumbnails=thumbs,
+            extra={"file_name": shown, "named_by_file": bool(meta.name),
+                   "metadata_text": metadata_text(meta.name, meta.description, meta.tags,
+                                                  meta.trigger_words)})
+
+    def _views(self, entry: StyleEntry, lora: LoraFile, images: list | None
+               ) -> dict[str, np.ndarray]:
+        embedder = self.parts.embedder
+        vectors = {}
+        if text := entry.extra.get("metadata_text"):
+            vectors["metadata"] = embedder.encode_texts([text])[0]
+        if images:
+            vectors["probes"] = unit(embedder.encode_images(to_array(images)).mean(axis=0))
+        encoder = self.parts.weight_encoder
+        if encoder is not None and lora.family == self.base_family:
+            vectors["weights"] = encoder.embed([lora])[0]
+        return vectors
+
+    def _near_duplicate(self, fingerprint: np.ndarray, family: str) -> str | None:
+        if not len(self.fingerprints):
+            return None
+        for style_id, score in self.fingerprints.search(fingerprint, 5)[0]:
+            if score >= NEAR_DUPLICATE_COSINE and style_id in self.catalog and \
+                    self.catalog.get(style_id).family == family:
+                return style_id
+        return None
+
+    def _index(self, entry: StyleEntry, lora: LoraFile, vectors: dict[str, np.ndarray],
+               fingerprint: np.ndarray) -> None:
+        record = self._record(entry)
+        self.retriever.add_style(record, vectors)
+        if entry.id in self.fingerprints:
+            self.fingerprints.remove([entry.id])
+        self.fingerprints.add([entry.id], fingerprint[None])
+        entry.embeddings = {view: self.parts.embedder.version for view in vectors}
+        self._save_indexes()
+
+    # -- manage ----------------------------------------------------------------------------
+    def edit(self, style_id: str, **changes) -> StyleEntry:
+        """Edit name, tags, description or trigger words; the metadata view follows."""
+        with self._lock:
+            entry = self.catalog.get(style_id)
+            merged = {"name": entry.name, "description": entry.description, "tags": entry.tags,
+                      "trigger_words": entry.trigger_words, **changes}
+            extra = dict(entry.extra, edited=True, metadata_text=metadata_text(
+                merged["name"], merged["description"], merged["tags"], merged["trigger_words"]))
+            entry = self.catalog.update(style_id, extra=extra, **changes)
+            vectors = {view: v for view in ("probes", "weights")
+                       if (v := self.retriever.vector(view, style_id)) is not None}
+            if extra["metadata_text"]:
+                vectors["metadata"] = self.parts.embedder.encode_texts(
+                    [extra["metadata_text"]])[0]
+            self.retriever.add_style(self._record(entry), vectors)
+            self._save_indexes()
+            return entry
+
+    def remove(self, style_id: str) -> None:
+        """Delete the row first (the commit point), then its blobs, index entries, map point."""
+        with self._lock:
+            entry = self.catalog.remove(style_id)
+            self.retriever.remove_style(style_id)
+            if style_id in self.fingerprints:
+                self.fingerprints.remove([style_id])
+            self._save_indexes()
+            self._sweep_blobs()
+            if style_id in self.atlas.ids:
+                self.atlas.remove(style_id)
+                self._save_atlas()
+            self._loras.pop(entry.sha256, None)
+
+    # -- recovery and persistence ----------------------------------------------------------
+    def _recover(self) -> None:
+        """Make the folder consistent with the catalog (after a crash, or a new embedder)."""
+        entries = {e.id: e for e in self.catalog.list()}
+        swept = self._sweep_blobs()
+        self.recovered += [f"removed orphan blob {sha[:12]}" for sha in swept]
+        stray = {i for index in [*self.retriever.indexes.values(), self.fingerprints]
+                 for i in index.ids() if i not in entries}
+        for style_id in stray:
+            self.retriever.remove_style(style_id)
+            if style_id in self.fingerprints:
+                self.fingerprints.remove([style_id])
+        self.recovered += [f"removed index entry without a row: {i}" for i in sorted(stray)]
+        for entry in entries.values():
+            self.retriever.records[entry.id] = self._record(entry)
+        missing = [e for e in entries.values() if e.id not in self.fingerprints]
+        for entry in missing:  # committed rows the indexes lack: re-derive their vectors
+            lora = self.lora(entry.id)
+            images = _thumbnail_images(self.blobs, entry) if self.applicable(entry) else None
+            self.retriever.add_style(self._record(entry), self._views(entry, lora, images))
+            self.fingerprints.add([entry.id], weight_fingerprint(lora)[None])
+        if stray or missing:
+            self._save_indexes()
+        self.recovered += [f"re-indexed {e.id}" for e in missing]
+        self._sync_atlas(entries)
+
+    def _sweep_blobs(self) -> list[str]:
+        keep = {sha for e in self.catalog.list() for sha in [e.blob, *e.thumbnails]}
+        return self.blobs.sweep(keep)
+
+    def _load_fingerprints(self) -> StyleIndex:
+        folder = self.index_dir / FINGERPRINT
+        try:
+            return StyleIndex.load(folder)
+        except FileNotFoundError:
+            return StyleIndex(256, "fingerprint-v1")
+
+    def _save_indexes(self) -> None:
+        self.retriever.save(self.index_dir)
+        self.fingerprints.save(self.index_dir / FINGERPRINT)
+
+    def _record(self, entry: StyleEntry) -> StyleRecord:
+        text = entry.extra.get("metadata_text", "")
+        keywords = sorted(words(" ".join([text, *entry.tags]))) if text else []
+        return StyleRecord(entry.id, entry.name, entry.family, text, keywords)
+
+    # -- atlas -----------------------------------------------------------------------------
+    def _load_atlas(self) -> AtlasLayout:
+        if self.atlas_path.is_file():
+            try:
+                return AtlasLayout.from_json(self.atlas_path.read_text())
+            except (ValueError, KeyError):
+                pass  # a stale or damaged cache: rebuilt from the catalog below
+        return AtlasLayout()
+
+    def _sync_atlas(self, entries: dict[str, StyleEntry]) -> None:
+        """Fit the map if it is empty, else place new styles and drop deleted ones."""
+        placed = set(self.atlas.ids)
+        gone = placed - set(entries)
+        for style_id in gone:
+            self.atlas.remove(style_id)
+        new = [e for e in entries.values() if e.id not in placed]
+        if not placed - gone and len(entries) >= 3:
+            vectors = {i: v for i in entries if (v := self.style_vector(i)) is not None}
+            self.atlas = AtlasLayout.fit(vectors, {i: entries[i].tags for i in vectors})
+        else:
+            for entry in new:
+                self._place(entry, save=False)
+        if gone or new:
+            self._save_atlas()
+
+    def _place(self, entry: StyleEntry, save: bool = True) -> None:
+        vector = self.style_vector(entry.id)
+        if vector is None:
+            return
+        if len(self.atlas.ids) < 3:  # too few points for a map: refit
+            vectors = {i: v for i in [*self.atlas.ids, entry.id]
+                       if (v := self.style_vector(i)) is not None}
+            tags = {i: self.catalog.get(i).tags for i in vectors}
+            self.atlas = AtlasLayout.fit(vectors, tags)
+        else:
+            self.atlas.place(entry.id, vector, entry.tags)
+        if save:
+            self._save_atlas()
+
+    def _save_atlas(self) -> None:
+        tmp = self.atlas_path.with_name(self.atlas_path.name + ".tmp")
+        tmp.write_text(self.atlas.to_json())
+        tmp.replace(self.atlas_path)
+
+
+def metadata_text(name: str | None, description: str | None, tags, trigger_words) -> str:
+    """What the metadata view embeds: only what the file (or the user) says."""
+    parts = [name or "", description or "", ", ".join(list(tags)[:20]),
+             ", ".join(trigger_words)]
+    return ". ".join(p for p in parts if p)
+
+
+def seed_from_starter(library: StyleLibrary, loras: dict[str, Path], views: ViewCache,
+                      thumbnails_dir: Path) -> int:
+    """Add the starter styles (shipped thumbnails and view vectors; nothing is rendered)."""
+    added = 0
+    for slug, path in sorted(loras.items()):
+        sha = _sha256(path)
+        if library.catalog.by_sha256(sha) is not None:
+            continue
+        if slug in library.catalog and library.catalog.get(slug).source == "starter":
+            library.remove(slug)  # the pack was rebuilt: its styles follow it
+        shipped = sorted(thumbnails_dir.glob(f"{slug}-*.png"))
+        vectors = {view: v for view in ("metadata", "probes")
+                   if (v := views.get(view, sha)) is not None}
+        complete = shipped and "probes" in vectors
+        library.ingest(path, "starter", path.name,
+                       thumbnails=[p.read_bytes() for p in shipped] if complete else None,
+                       views=_with_weights(library, path, vectors) if complete else None,
+                       slug=slug)
+        added += 1
+    return added
+
+
+def _with_weights(library: StyleLibrary, path: Path, vectors: dict) -> dict:
+    encoder = library.parts.weight_encoder
+    if encoder is None:
+        return vectors
+    return {**vectors, "weights": encoder.embed([library.read(path)])[0]}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _thumbnail_images(blobs: BlobStore, entry: StyleEntry) -> list | None:
+    from PIL import Image
+
+    images = [Image.open(blobs.path(sha)).convert("RGB") for sha in entry.thumbnails]
+    return images[:len(PROBE_PROMPTS)] or None
+
+
+def _family_words(family: str) -> str:
+    return {"not-an-image-model": "a text or other non-image model",
+            "unknown": "a model Loratlas cannot identify"}.get(family, family)

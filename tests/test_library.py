@@ -1,0 +1,191 @@
+"""The style library through the service: upload, duplicates, refusals, edit, remove, atlas,
+recommendations, concurrency, and the crash test (kill -9 at every ingest step)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.service import LoratlasService, ServiceConfig, ServiceError
+from app.style_library import CRASH_ENV, INGEST_STEPS
+from styles.lora import LoraModule
+from styles.writers import save_kohya
+from tests.conftest import REPO, fixtures_dir, random_lora
+
+
+def _service(pipeline: Path, library: Path) -> LoratlasService:
+    return LoratlasService(ServiceConfig(base_model=str(pipeline), library=str(library),
+                                         device="cpu"))
+
+
+def _lora_file(table, folder: Path, name: str, seed: int, **metadata) -> Path:
+    path = folder / f"{name}.safetensors"
+    save_kohya(random_lora(table, seed=seed), path, metadata=metadata or None)
+    return path
+
+
+@pytest.fixture()
+def files(tiny_base, tmp_path) -> dict[str, Path]:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    return {f"style{i}": _lora_file(tiny_base.table, folder, f"style{i}", seed=i,
+                                    ss_output_name=f"Style {i}", ss_tag_frequency=(
+                                        f'{{"d": {{"tag{i}": 3, "shared": 1}}}}'))
+            for i in range(4)}
+
+
+@pytest.fixture()
+def service(tiny_pipeline_dir, tmp_path) -> LoratlasService:
+    return _service(tiny_pipeline_dir, tmp_path / "library")
+
+
+def test_upload_indexes_maps_and_lists_each_style(service, files):
+    reports = service.upload(list(files.values()))
+    assert [r.ok for r in reports] == [True] * 4, [r.error for r in reports]
+    slugs = [r.slug for r in reports]
+    listed = {s.slug: s for s in service.library_list()}
+    assert set(slugs) <= set(listed)
+    assert all(listed[s].applicable and listed[s].thumbnail for s in slugs)
+    assert Path(listed[slugs[0]].thumbnail).is_file()
+    atlas = service.atlas()
+    assert {p.slug for p in atlas.points} >= set(slugs)
+    card = service.style_card(slugs[0])
+    assert card.sha256 and card.thumbnails and card.nearest
+    assert slugs[0] not in {n["slug"] for n in card.nearest}
+    retriever = service.retriever()
+    assert all(retriever.vector("probes", s) is not None for s in slugs)
+    assert [s.slug for s in service.library_list(text="tag2")] == [slugs[2]]
+
+
+def test_exact_and_near_duplicates(service, files, tiny_base, tmp_path):
+    first = service.upload([files["style0"]])[0]
+    again = service.upload([files["style0"]])[0]
+    assert again.ok and again.duplicate_of == first.slug and again.slug is None
+    noisy = [LoraModule(m.target, m.kind, m.down + 1e-3 * torch.randn_like(m.down), m.up,
+                        m.scale) for m in random_lora(tiny_base.table, seed=0)]
+    save_kohya(noisy, tmp_path / "copy.safetensors")
+    near = service.upload([tmp_path / "copy.safetensors"])[0]
+    assert near.ok and near.slug and near.near_duplicate_of == first.slug
+    other = service.upload([files["style1"]])[0]
+    assert other.near_duplicate_of is None
+    assert "near-duplicate of" in service.style_card(near.slug).flags[0]
+
+
+def test_bad_files_are_refused_with_reasons_and_leave_nothing(service, tmp_path):
+    pickle = tmp_path / "model.safetensors"
+    pickle.write_bytes(b"\x80\x04\x95junk")
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    reports = service.upload([pickle, empty])
+    assert [r.ok for r in reports] == [False, False]
+    assert reports[0].error["code"] == "pickle" and reports[0].file == "model.safetensors"
+    assert reports[1].error["message"]
+    library = service.library
+    assert library.catalog.ids() == [] and library.blobs.shas() == []
+
+
+@pytest.mark.skipif(fixtures_dir() is None, reason="real fixtures not found")
+def test_a_lora_for_another_base_is_kept_marked_and_never_applied(service):
+    real = fixtures_dir() / "Krishna4311__Cloud-LoRA-Object-Removal__pytorch_lora_weights" \
+                            ".safetensors"
+    report = service.upload([real])[0]
+    family = service.engine.base.family
+    assert report.ok, report.error
+    card = service.style_card(report.slug)
+    assert card.family == "sd1"
+    if family != "sd1":
+        assert not card.applicable and any("never applied" in f for f in card.flags)
+        assert report.slug not in {h["slug"] for h in service.retrieve(card.name).hits}
+
+
+def test_edit_and_remove_leave_nothing_behind(service, files):
+    slug = service.upload([files["style1"]])[0].slug
+    card = service.edit_style(slug, name="Ink wash", tags=["ink", "wash"])
+    assert (card.name, card.tags) == ("Ink wash", ["ink", "wash"])
+    assert "ink" in service.retriever().records[slug].keywords
+    library = service.library
+    blobs = set(library.blobs.shas())
+    service.remove_style(slug)
+    assert slug not in library.catalog and not library.blobs.shas()
+    assert blobs and all(slug not in index for index in library.retriever.indexes.values())
+    assert slug not in {p.slug for p in service.atlas().points}
+    with pytest.raises(ServiceError, match="no style"):
+        service.remove_style(slug)
+
+
+def test_recommendations_exclude_what_was_liked(service, files):
+    slugs = [r.slug for r in service.upload(list(files.values()))]
+    recommended = [s.slug for s in service.recommend(slugs[:1], k=2)]
+    assert len(recommended) == 2 and slugs[0] not in recommended
+    assert service.recommend(["no-such-style"]) == []
+
+
+def test_concurrent_uploads_all_land(service, files):
+    assert service.library.catalog.ids() == []  # opened first: threads race on ingest only
+    reports = []
+    threads = [threading.Thread(target=lambda p=p: reports.extend(service.upload([p])))
+               for p in files.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.ok for r in reports) == [True] * 4
+    assert len(service.library.catalog.ids()) == 4
+    assert set(service.library.retriever.indexes["probes"].ids()) == set(
+        service.library.catalog.ids())
+
+
+def test_loose_files_in_the_library_folder_are_imported_once(tiny_pipeline_dir, tiny_base,
+                                                             tmp_path):
+    folder = tmp_path / "library"
+    folder.mkdir()
+    _lora_file(tiny_base.table, folder, "dropped", seed=9)
+    assert _service(tiny_pipeline_dir, folder).library_list()[0].slug == "dropped"
+    reopened = _service(tiny_pipeline_dir, folder)
+    assert [s.slug for s in reopened.library_list()] == ["dropped"]
+    assert reopened.library.recovered == []
+
+
+CRASHING_INGEST = """
+import sys
+from app.service import LoratlasService, ServiceConfig
+service = LoratlasService(ServiceConfig(base_model=sys.argv[1], library=sys.argv[2],
+                                        device="cpu"))
+service.library
+print("opened", flush=True)
+service.upload([sys.argv[3]])
+"""
+
+
+@pytest.mark.parametrize("step", INGEST_STEPS)
+def test_a_crash_at_any_ingest_step_leaves_all_or_nothing(step, tiny_pipeline_dir, files,
+                                                         tmp_path):
+    library_dir = tmp_path / "library"
+    env = {**os.environ, CRASH_ENV: step, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", CRASHING_INGEST, str(tiny_pipeline_dir),
+                          str(library_dir), str(files["style2"])], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert "opened" in run.stdout
+    service = _service(tiny_pipeline_dir, library_dir)
+    library = service.library  # restart: recovery runs here
+    entries = library.catalog.list()
+    if step == "committed":
+        assert [e.extra["file_name"] for e in entries] == ["style2.safetensors"]
+        entry = entries[0]
+        assert set(library.blobs.shas()) == {entry.blob, *entry.thumbnails}
+        assert all(entry.id in index for index in library.retriever.indexes.values())
+        assert entry.id in library.fingerprints and entry.id in library.atlas.ids
+    else:
+        assert entries == [] and library.blobs.shas() == []
+        assert all(len(index) == 0 for index in library.retriever.indexes.values())
+        assert len(library.fingerprints) == 0 and library.atlas.ids == []
+    # and the library still works: the same file goes in (or is known) after the crash
+    report = service.upload([files["style2"]])[0]
+    assert report.ok and (report.slug or report.duplicate_of)
