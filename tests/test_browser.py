@@ -1,0 +1,137 @@
+"""What a new user does, in headless Chromium: type a prompt and generate, open the atlas and use
+a style, upload a real LoRA and a pickle. Screenshots go to artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.service import LoratlasService, ServiceConfig
+from tests.conftest import fixtures_dir
+from tests.web_server import ARTIFACTS, missing_actions, served
+
+pytestmark = pytest.mark.slow
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = os.environ.get("LORATLAS_CHROMIUM", "/usr/bin/chromium")
+SD1_FIXTURE = "Krishna4311__Cloud-LoRA-Object-Removal__pytorch_lora_weights.safetensors"
+PICKLE_FIXTURE = "pickles/catundchat__stable-diffusion-v1.5-lora__pytorch_lora_weights.bin"
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """What a new user gets: the default base (the starter pack) and a fresh library, seeded
+    with the starter styles."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LORATLAS_HOME", str(home))
+        service = LoratlasService(ServiceConfig(library=str(home / "library"), device="cpu"))
+        if hasattr(service, "library"):
+            service.library  # noqa: B018 - open and seed it now, not during the first click
+        yield service
+
+
+@pytest.fixture(scope="module")
+def url(service, tmp_path_factory):
+    with served(service, tmp_path_factory.mktemp("outputs")) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#prompt textarea")
+    yield page
+    page.close()
+
+
+def shot(page, name: str) -> Path:
+    """A full-page screenshot kept as a test artifact; the page must show no error."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    errors = page.locator(".toast-body.error").all_inner_texts()
+    assert not errors, f"the page shows errors (see {path}): {errors}"
+    return path
+
+
+def test_type_a_prompt_and_generate(page):
+    """Styles are suggested while typing (when the library has styles that fit), then one
+    click generates."""
+    page.locator("#prompt textarea").press_sequentially(
+        "a red star, chunky blocks like an old video game", delay=20)
+    page.click("#find-styles")  # on demand too; either way the rows show what was found
+    found = page.locator(".style-row").or_(page.locator("#style-status", has_text="No style"))
+    playwright.expect(found.first).to_be_visible()
+    page.get_by_label("Steps").first.fill("12")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img")
+    page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0")
+    shot(page, "create_generated")
+
+
+def test_open_the_atlas_and_use_a_style(page, service):
+    missing = missing_actions(service, ("atlas", "library_list", "style_card", "recommend"))
+    if missing:
+        pytest.skip(f"the service has no {', '.join(missing)} yet")
+    page.get_by_role("tab", name="Atlas").click()
+    page.wait_for_selector("#atlas-map .atlas, #atlas-map .atlas-empty")
+    if page.locator("#atlas-map .pt:not(.other)").count() == 0:
+        shot(page, "atlas_empty")
+        pytest.skip("no style in this library fits the base (the starter LoRAs are not built)")
+    point = page.locator("#atlas-map .pt:not(.other)").first
+    slug = point.get_attribute("data-slug")
+    point.hover()
+    shot(page, "atlas_hover")
+    point.click()
+    page.wait_for_selector("#style-card h3")
+    use = page.locator("#use-style")
+    playwright.expect(use).to_be_enabled()
+    page.click("#like-style")  # recommendations from what this session liked
+    playwright.expect(page.locator("#recommendations").get_by_role("gridcell").first).to_be_visible()
+    shot(page, "atlas_card")
+    use.click()
+    label = page.locator("#style-label-0")
+    playwright.expect(label).to_contain_text(slug)
+    page.fill("#prompt textarea", "a blue square")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img")
+    shot(page, "atlas_style_used")
+
+
+def test_upload_a_real_lora_and_a_pickle(page, service, tmp_path):
+    missing = missing_actions(service, ("upload", "library_list", "style_card"))
+    if missing:
+        pytest.skip(f"the service has no {', '.join(missing)} yet")
+    folder = fixtures_dir()
+    if folder is None:
+        pytest.skip("../shared/fixtures/real_loras is not here")
+    files = [shutil.copy(folder / SD1_FIXTURE, tmp_path / "cloud-removal.safetensors"),
+             shutil.copy(folder / PICKLE_FIXTURE, tmp_path / "weights.bin")]
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#upload-files input[type=file]").set_input_files([str(f) for f in files])
+    chosen = page.locator("#upload-files")
+    playwright.expect(chosen).to_contain_text("weights")  # shown as "weights .bin"
+    playwright.expect(chosen).not_to_contain_text("Uploading")
+    page.click("#upload")
+    report = page.locator("#upload-report")
+    playwright.expect(report).to_contain_text("refused", timeout=TIMEOUT_MS)
+    playwright.expect(report).to_contain_text("cloud-removal.safetensors")
+    playwright.expect(report).to_contain_text("accepted")
+    playwright.expect(report).to_contain_text("pickle")
+    shot(page, "library_upload_report")
