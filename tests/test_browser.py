@@ -11,7 +11,7 @@ import pytest
 
 from app.service import LoratlasService, ServiceConfig
 from tests.conftest import fixtures_dir
-from tests.web_server import ARTIFACTS, missing_actions, served
+from tests.web_server import ARTIFACTS, served
 
 pytestmark = pytest.mark.slow
 playwright = pytest.importorskip("playwright.sync_api")
@@ -86,14 +86,9 @@ def test_type_a_prompt_and_generate(page):
 
 
 def test_open_the_atlas_and_use_a_style(page, service):
-    missing = missing_actions(service, ("atlas", "library_list", "style_card", "recommend"))
-    if missing:
-        pytest.skip(f"the service has no {', '.join(missing)} yet")
     page.get_by_role("tab", name="Atlas").click()
     page.wait_for_selector("#atlas-map .atlas, #atlas-map .atlas-empty")
-    if page.locator("#atlas-map .pt:not(.other)").count() == 0:
-        shot(page, "atlas_empty")
-        pytest.skip("no style in this library fits the base (the starter LoRAs are not built)")
+    assert page.locator("#atlas-map .pt:not(.other)").count() > 0, "no usable style on the map"
     point = page.locator("#atlas-map .pt:not(.other)").first
     slug = point.get_attribute("data-slug")
     point.hover()
@@ -115,9 +110,6 @@ def test_open_the_atlas_and_use_a_style(page, service):
 
 
 def test_upload_a_real_lora_and_a_pickle(page, service, tmp_path):
-    missing = missing_actions(service, ("upload", "library_list", "style_card"))
-    if missing:
-        pytest.skip(f"the service has no {', '.join(missing)} yet")
     folder = fixtures_dir()
     if folder is None:
         pytest.skip("../shared/fixtures/real_loras is not here")
