@@ -10,7 +10,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 RECIPE_VERSION = 1
-MODES = ("merge", "switch", "composite")
+MODES = ("merge", "switch", "composite", "cmlora", "gated")
 PNG_KEY = "loratlas-recipe"
 
 
@@ -42,8 +42,11 @@ class Recipe:
     negative_prompt: str = ""
     scheduler: str = ""
     apply: str = "adapters"  # "adapters" (PEFT layers) | "fused" (deltas in the weights)
-    mode: str = "merge"  # merge | switch | composite (how several LoRAs are combined)
+    mode: str = "merge"  # merge | switch | composite | cmlora | gated (how LoRAs combine)
     switch_period: int = 5  # LoRA Switch: steps each LoRA leads before the next takes over
+    cmlora_cache: str = "residual"  # CMLoRA: "residual" (cached per-LoRA residuals) | "none"
+    gate_tolerance: float = 0.05  # gated + fused: rewrite a layer when a gate moves more
+    gate_network: str = ""  # gated: id of the learned gate network used ("" = none)
     loras: list[RecipeLora] = field(default_factory=list)
     version: int = RECIPE_VERSION
 
@@ -56,11 +59,15 @@ class Recipe:
             raise ValueError(f"apply '{self.apply}' must be 'adapters' or 'fused'")
         if self.mode not in MODES:
             raise ValueError(f"mode '{self.mode}' must be one of {', '.join(MODES)}")
-        if self.mode != "merge" and self.apply == "fused":
+        if self.mode not in ("merge", "gated") and self.apply == "fused":
             raise ValueError(f"mode '{self.mode}' changes LoRAs during denoising: use "
                              "apply='adapters'")
         if self.switch_period < 1:
             raise ValueError("switch_period must be at least 1")
+        if self.cmlora_cache not in ("residual", "none"):
+            raise ValueError(f"cmlora_cache '{self.cmlora_cache}' must be 'residual' or 'none'")
+        if not 0 <= self.gate_tolerance < 1:
+            raise ValueError("gate_tolerance must be in [0, 1)")
         self.loras = [lora if isinstance(lora, RecipeLora) else RecipeLora(**lora)
                       for lora in self.loras]
 

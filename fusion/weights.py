@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 BLOCK_PATTERN = re.compile(
     r"^(?P<updown>down|up)_blocks\.(?P<block>\d+)\.attentions\.(?P<attn>\d+)\."
 )
@@ -86,3 +88,18 @@ class WeightSchedule:
         component, path = target.split(".", 1)
         factor = block_weight(path, use.block_weights) if component == "unet" else 1.0
         return use.weight * factor * step_weight(use.step_weights, step, self.steps)
+
+    def tabulate(self, adapters: list[str], targets: list[str]) -> np.ndarray:
+        """(steps, targets, adapters) of weights, as __call__ gives them (0 where the adapter
+        has no module at that target is the caller's business)."""
+        table = np.empty((self.steps, len(targets), len(adapters)))
+        for j, adapter in enumerate(adapters):
+            use = self.uses[adapter]
+            per_step = np.array([step_weight(use.step_weights, s, self.steps)
+                                 for s in range(self.steps)])
+            if self.mode == "switch":
+                per_step *= np.array([self.leader(s) == adapter for s in range(self.steps)])
+            per_layer = np.array([block_weight(t.split(".", 1)[1], use.block_weights)
+                                  if t.startswith("unet.") else 1.0 for t in targets])
+            table[:, :, j] = use.weight * per_step[:, None] * per_layer[None, :]
+        return table

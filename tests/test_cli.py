@@ -68,3 +68,26 @@ def test_generate_reports_a_missing_lora(tiny_pipeline_dir, tmp_path):
                    "nope", "--steps", "1", "--out", str(tmp_path), "--json")
     assert run.returncode == 2
     assert "'nope' is neither a file nor a style" in json.loads(run.stdout)["error"]
+
+
+def test_library_commands_import_list_show_edit_remove(tiny_base, tiny_pipeline_dir, tmp_path):
+    incoming = tmp_path / "incoming"
+    save_kohya(random_lora(tiny_base.table, seed=11), incoming / "ink.safetensors",
+               metadata={"ss_output_name": "Ink wash"})
+    (incoming / "evil.safetensors").write_bytes(b"\x80\x04\x95pickle")
+    base = ("--base-model", str(tiny_pipeline_dir), "--library", str(tmp_path / "library"))
+    imported = loratlas("library", "import", str(incoming), "--json", *base)
+    assert imported.returncode == 1, imported.stderr  # one file was refused
+    files = {f["file"]: f for f in json.loads(imported.stdout)["files"]}
+    assert files["ink.safetensors"]["ok"] and files["ink.safetensors"]["slug"] == "ink-wash"
+    assert files["evil.safetensors"]["error"]["code"] == "pickle"
+    listed = json.loads(loratlas("library", "list", "--json", *base).stdout)["styles"]
+    assert [s["slug"] for s in listed] == ["ink-wash"]
+    edited = loratlas("library", "edit", "ink-wash", "--tags", "ink, wash", *base)
+    assert edited.returncode == 0 and json.loads(edited.stdout)["tags"] == ["ink", "wash"]
+    card = json.loads(loratlas("library", "show", "ink-wash", *base).stdout)
+    assert card["name"] == "Ink wash" and len(card["thumbnails"]) == 4
+    assert loratlas("library", "remove", "ink-wash", *base).returncode == 0
+    assert json.loads(loratlas("library", "list", "--json", *base).stdout)["styles"] == []
+    missing = loratlas("library", "remove", "ink-wash", *base)
+    assert missing.returncode == 1 and "no style 'ink-wash'" in missing.stderr

@@ -33,4 +33,6 @@ def test_sdxl_pipeline_loads_and_applies_unet_and_both_text_encoder_loras(tiny_x
     plain = run([])
     styled = run([LoraUse(lora, "xl", 1.0)])
     assert np.abs(plain - styled).mean() > 0.5
-    assert np.array_equal(plain, run([LoraUse(lora, "xl", 0.0)]))
+    # weight 0 is the base image; on SDXL the injected PEFT layers change the float order of a
+    # few ops, which can move a pixel by one 8-bit level (seen with 1 torch thread)
+    assert np.abs(plain - run([LoraUse(lora, "xl", 0.0)])).max() <= 1.0

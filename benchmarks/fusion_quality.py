@@ -1,0 +1,261 @@
+"""Multi-style composition quality per fusion mode, judged by the starter judges.
+
+- 2- and 3-style prompts from style sets held out from gate training (the split recorded in
+  styles/data/starter/gates/gates.json; scenes from seeds >= 20_000, never used in training):
+  the share of images in which every requested style is detected AND the content is right
+  (shape right; colour right too when every requested style keeps colour).
+- Single styles: fidelity (style detected and content right) of each mode with one LoRA,
+  against the single LoRA alone (merge at weight 1).
+- A contact sheet, docs/fusion_modes.png: the same prompt and styles in every mode, beside
+  the ground truth that `apply_styles` draws for the same scene.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_quality.py [--per-k 40]
+        [--per-style 4] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import RESULTS, ROOT, images_as_array, machine_line
+
+from fusion.base import load_base
+from fusion.engine import GenerationEngine, LoraUse
+from fusion.gate_training import split_sets
+from styles.reader import ReadOptions, read_lora
+from styles.starter.judges import COLOR_PRESERVING_STYLES, Judges
+from styles.starter.looks import apply_styles, styled_caption
+from styles.starter.paths import JUDGES_DIR, PIPELINE_DIR, STARTER_DIR, starter_loras
+from styles.starter.world import content_labels, render_scene, sample_scene
+
+SEED = 20_000
+MODES = ("merge", "switch", "composite", "cmlora", "gated")  # also: gated-prior
+GATES = STARTER_DIR / "gates" / "gates.json"
+
+
+def held_out_sets(k: int, available: set[str]) -> list[tuple[str, ...]]:
+    """Held-out style sets of size k, as recorded by gate training (or by the same rule)."""
+    if GATES.is_file():
+        recorded = json.loads(GATES.read_text())["split"]["held_out"][str(k)]
+        sets = [tuple(s) for s in recorded]
+    else:
+        sets = split_sets(k)[1]
+    return [s for s in sets if set(s) <= available]
+
+
+def cases(sets: list[tuple[str, ...]], n: int, seed: int) -> list[dict]:
+    """n prompts: a held-out style set, a fresh scene, its styled caption and labels."""
+    rng = np.random.default_rng(seed)
+    chosen = [sets[int(i)] for i in rng.permutation(len(sets))[:n]]
+    out = []
+    for i, style_set in enumerate(chosen):
+        scene = sample_scene(rng, n_objects=1)
+        out.append({"styles": list(style_set), "prompt": styled_caption(scene, style_set, rng),
+                     "labels": content_labels(scene), "scene": scene, "seed": seed + i})
+    return out
+
+
+class Bench:
+    """The starter engine, its LoRAs (with their stored frequency profiles) and the judges."""
+
+    def __init__(self, steps: int, gated_apply: str) -> None:
+        base = load_base(PIPELINE_DIR, device="cpu")
+        base.pipe.set_progress_bar_config(disable=True)
+        self.engine = GenerationEngine(base, adapter_capacity=8)
+        self.steps, self.gated_apply = steps, gated_apply
+        self.files = starter_loras()
+        profiles = json.loads(GATES.read_text()).get("profiles", {}) if GATES.is_file() else {}
+        self.loras = {}
+        for slug, path in self.files.items():
+            lora = read_lora(path, ReadOptions(base_table=base.table))
+            self.loras[slug] = (lora, profiles.get(slug))
+        self.judges = Judges.load(JUDGES_DIR)
+        self.seconds: dict[str, list[float]] = {}
+
+    def image(self, mode: str, case: dict) -> np.ndarray:
+        """One image; "gated-prior" is gated with the learned network switched off."""
+        uses = [LoraUse(self.loras[s][0], s, 1.0, frequency=self.loras[s][1])
+                for s in case["styles"]]
+        engine = self.engine
+        network = engine.gate_network, engine.gate_network_id
+        if mode == "gated-prior":
+            engine.gate_network, engine.gate_network_id = None, ""
+        try:
+            apply = self.gated_apply if mode.startswith("gated") else "adapters"
+            recipe = engine.recipe_for(case["prompt"], uses, seed=case["seed"],
+                                       steps=self.steps, width=64, height=64,
+                                       mode=mode.split("-")[0], apply=apply)
+            out = engine.generate(recipe, uses)
+        finally:
+            engine.gate_network, engine.gate_network_id = network
+        self.seconds.setdefault(mode, []).append(out.seconds_per_image)
+        return out.images[0]
+
+    def judge(self, images: list, batch: list[dict]) -> dict:
+        array = images_as_array(images)
+        detected = self.judges.styles(array)
+        content = self.judges.content(array)
+        rows = []
+        for case, found, verdict in zip(batch, detected, content, strict=True):
+            keeps_color = all(s in COLOR_PRESERVING_STYLES for s in case["styles"])
+            right = verdict["shape"] == case["labels"]["shape"] and (
+                not keeps_color or verdict["color"] == case["labels"]["color"])
+            styles_hit = [s in found for s in case["styles"]]
+            rows.append({"all_styles": all(styles_hit), "content": right,
+                         "style_rate": float(np.mean(styles_hit)),
+                         "success": all(styles_hit) and right})
+        return {key: float(np.mean([r[key] for r in rows]))
+                for key in ("success", "all_styles", "style_rate", "content")}
+
+
+def contact_sheet(bench: Bench, sheet_cases: list[dict], modes, path) -> None:
+    from PIL import Image, ImageDraw
+
+    cell, label_w, pad, head = 128, 250, 6, 22
+    columns = ["ground truth", *modes]
+    width = label_w + len(columns) * (cell + pad)
+    height = head + len(sheet_cases) * (cell + pad) + pad
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for c, name in enumerate(columns):
+        draw.text((label_w + c * (cell + pad) + 4, 5), name, fill=(0, 0, 0))
+    for r, case in enumerate(sheet_cases):
+        y = head + r * (cell + pad)
+        words, line, lines = case["prompt"].split(), "", []
+        for word in words:
+            if len(line) + len(word) > 36:
+                lines.append(line)
+                line = ""
+            line += word + " "
+        lines.append(line)
+        text = "\n".join([" + ".join(case["styles"]), "", *lines[:6]])
+        draw.multiline_text((6, y + 4), text, fill=(0, 0, 0))
+        truth = apply_styles(render_scene(case["scene"], 64), case["styles"], case["seed"],
+                             case["scene"])
+        tiles = [Image.fromarray((truth * 255 + 0.5).astype(np.uint8))]
+        tiles += [bench.image(mode, case) for mode in modes]
+        for c, tile in enumerate(tiles):
+            sheet.paste(tile.convert("RGB").resize((cell, cell), Image.NEAREST),
+                        (label_w + c * (cell + pad), y))
+    sheet.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per-k", type=int, default=40, help="prompts per set size (2, 3)")
+    parser.add_argument("--per-style", type=int, default=4, help="single-style prompts")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--gated-apply", choices=["fused", "adapters"], default="fused")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sheet-only", action="store_true")
+    parser.add_argument("--no-sheet", action="store_true")
+    parser.add_argument("--single-modes", default="gated",
+                        help="modes measured on single styles besides the LoRA alone (switch, "
+                        "composite and cmlora equal it by construction)")
+    parser.add_argument("--out", default=str(RESULTS / "fusion_quality.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    modes = [m for m in args.modes.split(",") if m]
+    bench = Bench(args.steps, args.gated_apply)
+    if not bench.files:
+        raise SystemExit("no starter LoRAs (styles/data/starter/loras): nothing to measure")
+    available = set(bench.files)
+    started = time.time()
+    # 1. multi-style prompts from held-out sets
+    multi = {k: cases(held_out_sets(k, available), args.per_k, SEED + 1000 * k)
+             for k in (2, 3)}
+    sheet_cases = [multi[2][0], multi[3][0], multi[3][1]]
+    if not args.no_sheet:
+        contact_sheet(bench, sheet_cases, modes, ROOT / "docs" / "fusion_modes.png")
+    if args.sheet_only:
+        return
+    table: dict[str, dict] = {}
+    for mode in modes:
+        for k in (2, 3):
+            images = [bench.image(mode, case) for case in multi[k]]
+            table.setdefault(mode, {})[k] = bench.judge(images, multi[k])
+        print(mode, json.dumps(table[mode]), flush=True)
+    # 2. single styles: every mode with one LoRA, against the LoRA alone
+    rng = np.random.default_rng(SEED + 5000)
+    singles = []
+    for slug in sorted(available):
+        for _ in range(args.per_style):
+            scene = sample_scene(rng, n_objects=1)
+            singles.append({"styles": [slug], "prompt": styled_caption(scene, [slug], rng),
+                            "labels": content_labels(scene), "scene": scene,
+                            "seed": SEED + 5000 + len(singles)})
+    single_rows = {}
+    for mode in ["merge", *[m for m in args.single_modes.split(",") if m and m != "merge"]]:
+        if singles:
+            single_rows[mode] = bench.judge([bench.image(mode, c) for c in singles], singles)
+            print("single", mode, json.dumps(single_rows[mode]), flush=True)
+    minutes = (time.time() - started) / 60
+    write_results(args, modes, multi, table, singles, single_rows, bench, minutes)
+
+
+def write_results(args, modes, multi, table, singles, single_rows, bench, minutes) -> None:
+    gates = json.loads(GATES.read_text()) if GATES.is_file() else None
+    command = (f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_quality.py --per-k "
+               f"{args.per_k} --per-style {args.per_style} --steps {args.steps} --modes "
+               f"{','.join(modes)} --single-modes {args.single_modes} --gated-apply "
+               f"{args.gated_apply}")
+    lines = [
+        "# Fusion quality: several starter styles in one image, per mode", "",
+        machine_line(), f"Command: `{command}` ({minutes:.0f} min, 1 torch thread, machine "
+        "shared with training jobs).", "",
+        "Starter base model and style LoRAs (each at weight 1.0), "
+        f"{args.steps} DPM-Solver steps, guidance 7.5, 64×64; judges from "
+        "`styles/data/starter/judges/`. Prompts: `styled_caption` of a fresh one-object scene "
+        f"(seeds ≥ {SEED}) for style sets held out from gate training "
+        + ("(the split recorded in `styles/data/starter/gates/gates.json`)" if gates else
+           "(no gate network trained yet: the same hash rule)") + ". "
+        f"{len(multi[2])} two-style and {len(multi[3])} three-style prompts per mode, the same "
+        "prompts and seeds for every mode.", "",
+        f"Gated: apply `{args.gated_apply}` (merged deltas rewritten when a gate moves > 0.05); "
+        + (f"learned gates (`{bench.engine.gate_network_id}`)." if bench.engine.gate_network
+           else "no learned gate network: the frequency prior.") +
+        " CMLoRA: residual cache, non-uniform refresh schedule.", "",
+        "*success* = every requested style detected and the content right (shape; colour too "
+        "when every requested style keeps colour). *all styles* = every requested style "
+        "detected; *style rate* = share of requested styles detected; *content* = content "
+        "right.", "",
+        "## Multi-style prompts", "",
+        "| mode | 2 styles: success | all styles | style rate | content | "
+        "3 styles: success | all styles | style rate | content | s / image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode in modes:
+        row = [f"{table[mode][k][key]:.3f}" for k in (2, 3)
+               for key in ("success", "all_styles", "style_rate", "content")]
+        seconds = float(np.median(bench.seconds[mode]))
+        lines.append(f"| {mode} | " + " | ".join(row) + f" | {seconds:.2f} |")
+    lines += ["", "## Single styles", "",
+              f"{len(singles)} prompts ({args.per_style} per style). The LoRA alone is `merge` "
+              "with one LoRA; switch, composite and cmlora "
+              "reduce to it by construction (tests/test_engine.py, tests/test_fusion_modes.py).",
+              "", "| mode | success | style detected | content | Δ success vs alone |",
+              "|---|---:|---:|---:|---:|"]
+    alone = single_rows["merge"]["success"] if single_rows else 0.0
+    for mode, row in single_rows.items():
+        label = "LoRA alone (merge)" if mode == "merge" else mode
+        lines.append(f"| {label} | {row['success']:.3f} | {row['all_styles']:.3f} | "
+                     f"{row['content']:.3f} | {row['success'] - alone:+.3f} |")
+    if gates:
+        held = gates["eval_loss_heldout"]
+        lines += ["", "## Gate training (for reference)", "",
+                  f"Command: `{gates.get('command', '')}`. Held-out diffusion loss, merge → "
+                  f"learned: 2 styles {held['merge']['k2']:.4f} → {held['learned']['k2']:.4f}, "
+                  f"3 styles {held['merge']['k3']:.4f} → {held['learned']['k3']:.4f}."]
+    lines += ["", "Contact sheet: `docs/fusion_modes.png` (ground truth, then each mode)."]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
