@@ -80,6 +80,26 @@ class AdapterSet:
         return [m for model in self.components.values() for m in model.modules()
                 if isinstance(m, LoraLayer)]
 
+    def fusion_targets(self, active: list[ActiveLora]
+                       ) -> list[tuple[str, torch.nn.Module, list[tuple[int, object]]]]:
+        """For fusing deltas into the weights: every adapter layer switched off, and per target
+        module its base layer with (index in `active`, LoraModule) of each LoRA that has it."""
+        for layer in self.layers():
+            layer.enable_adapters(False)
+        by_target: dict[str, list[tuple[int, object]]] = {}
+        for index, item in enumerate(active):
+            for target, module in item.lora.modules.items():
+                by_target.setdefault(target, []).append((index, module))
+        modules = {f"{c}.{p}": m for c, model in self.components.items()
+                   for p, m in model.named_modules()}
+        out = []
+        for target, uses in by_target.items():
+            owner = modules.get(target)
+            base = getattr(owner, "base_layer", owner)
+            if base is not None:
+                out.append((target, base, uses))
+        return out
+
     def named_layers(self) -> list[tuple[str, str, LoraLayer]]:
         """(component, module path, layer) for every PEFT LoRA layer."""
         return [(component, path, module) for component, model in self.components.items()
@@ -125,22 +145,10 @@ class FusedWeights:
 
     def __init__(self, adapters: AdapterSet, active: list[ActiveLora], weight_fn: WeightFn):
         self.saved: list[tuple[torch.nn.Module, torch.Tensor]] = []
-        for layer in adapters.layers():
-            layer.enable_adapters(False)
-        by_target: dict[str, list[tuple[ActiveLora, object]]] = {}
-        for item in active:
-            for target, module in item.lora.modules.items():
-                by_target.setdefault(target, []).append((item, module))
-        modules = {f"{c}.{p}": m for c, model in adapters.components.items()
-                   for p, m in model.named_modules()}
-        for target, uses in by_target.items():
-            owner = modules.get(target)
-            base = getattr(owner, "base_layer", owner)
-            if base is None:
-                continue
+        for target, base, uses in adapters.fusion_targets(active):
             original = base.weight.data
-            delta = sum(weight_fn(item.adapter, target, 0) * module.delta(torch.float32)
-                        for item, module in uses)
+            delta = sum(weight_fn(active[j].adapter, target, 0) * module.delta(torch.float32)
+                        for j, module in uses)
             base.weight.data = (original.float() + delta).to(original.dtype)
             self.saved.append((base, original))
 

@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from fusion.adapters import LayerScales
+from fusion.composite import begin_denoising
 
 HIGH_FREQUENCY_SPLIT = 0.75  # "high" group: score >= this share of the set's highest score
 PHASE_SPLIT = 0.6  # the code's phase boundary, step 120 of 200
@@ -111,25 +112,16 @@ def cmlora_image(pipe, prompt: str, negative_prompt: str, steps: int, guidance: 
                  scales: list[LayerScales], text_scales: LayerScales | None,
                  high: int | None = None, cache: str = "residual",
                  on_step: Callable[[int], None] | None = None, output_type: str = "pil",
-                 counter: dict | None = None                 ) -> Image.Image | torch.Tensor:
+                 counter: dict | None = None) -> Image.Image | torch.Tensor:
     """One image; `scales` are the LoRAs in CMLoRA order (each activates one LoRA), the first
     `high` of them the high-frequency group (all, if not given)."""
     if cache not in CACHES:
         raise ValueError(f"cmlora cache '{cache}' must be one of {', '.join(CACHES)}")
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ValueError("cmlora mode supports SD 1.x/2.x-style pipelines, not SDXL yet")
     counter = counter if counter is not None else {}
     counter.setdefault("unet_passes", 0)
-    device = pipe._execution_device
-    # 1. encode the prompt once, every LoRA's text-encoder part at its weight
-    if text_scales is not None:
-        text_scales.apply(0)
-    cond, uncond = pipe.encode_prompt(prompt, device, 1, True, negative_prompt or None)
-    embeds = torch.cat([uncond, cond])
-    # 2. timesteps, initial latents and which LoRA dominates when
-    pipe.scheduler.set_timesteps(steps, device=device)
-    latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, embeds.dtype,
-                                   device, generator)
+    # 1.-2. prompt, timesteps, initial latents, and which LoRA dominates when
+    embeds, latents = begin_denoising(pipe, "cmlora", prompt, negative_prompt, steps, width,
+                                      height, generator, text_scales)
     plan = dominance_plan(steps, len(scales), high or len(scales))
 
     def run(scale: LayerScales | None, model_input, t, index) -> torch.Tensor:

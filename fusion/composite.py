@@ -16,24 +16,34 @@ from PIL import Image
 from fusion.adapters import LayerScales
 
 
+def begin_denoising(pipe, mode: str, prompt: str, negative_prompt: str, steps: int,
+                    width: int, height: int, generator: torch.Generator,
+                    text_scales: LayerScales | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a hand-written denoising loop needs first: the prompt encoded once (every LoRA's
+    text-encoder part at its weight) as [uncond, cond], the scheduler's timesteps set, and the
+    initial latents drawn exactly as the pipeline draws them."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise ValueError(f"{mode} mode supports SD 1.x/2.x-style pipelines, not SDXL yet")
+    device = pipe._execution_device
+    if text_scales is not None:
+        text_scales.apply(0)
+    cond, uncond = pipe.encode_prompt(prompt, device, 1, True, negative_prompt or None)
+    embeds = torch.cat([uncond, cond])
+    pipe.scheduler.set_timesteps(steps, device=device)
+    latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, embeds.dtype,
+                                   device, generator)
+    return embeds, latents
+
+
 def composite_image(pipe, prompt: str, negative_prompt: str, steps: int, guidance: float,
                     width: int, height: int, generator: torch.Generator,
                     scales: list[LayerScales], text_scales: LayerScales | None,
                     on_step: Callable[[int], None] | None = None,
                     output_type: str = "pil") -> Image.Image | torch.Tensor:
     """One image; `scales[i]` activates LoRA i alone (its own weight per layer and step)."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ValueError("composite mode supports SD 1.x/2.x-style pipelines, not SDXL yet")
-    device = pipe._execution_device
-    # 1. encode the prompt once, with every LoRA's text-encoder part at its weight
-    if text_scales is not None:
-        text_scales.apply(0)
-    cond, uncond = pipe.encode_prompt(prompt, device, 1, True, negative_prompt or None)
-    embeds = torch.cat([uncond, cond])
-    # 2. timesteps and the initial latents, exactly as the pipeline draws them
-    pipe.scheduler.set_timesteps(steps, device=device)
-    latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, embeds.dtype,
-                                   device, generator)
+    # 1.-2. prompt, timesteps, initial latents
+    embeds, latents = begin_denoising(pipe, "composite", prompt, negative_prompt, steps, width,
+                                      height, generator, text_scales)
     # 3. denoising loop: a guided prediction per LoRA, averaged
     for index, t in enumerate(pipe.scheduler.timesteps):
         model_input = pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)

@@ -310,22 +310,10 @@ class FusedGates:
                  tolerance: float = 0.05) -> None:
         self.tolerance = tolerance
         self.rewrites = 0
-        for layer in adapters.layers():
-            layer.enable_adapters(False)
-        modules = {f"{c}.{p}": m for c, model in adapters.components.items()
-                   for p, m in model.named_modules()}
         order = [item.adapter for item in active]
-        by_target: dict[str, list] = {}
-        for item in active:
-            for target, module in item.lora.modules.items():
-                by_target.setdefault(target, []).append((order.index(item.adapter), module))
         self.layers = []
         targets = []
-        for target, uses in by_target.items():
-            owner = modules.get(target)
-            base = getattr(owner, "base_layer", owner)
-            if base is None:
-                continue
+        for target, base, uses in adapters.fusion_targets(active):
             original = base.weight.data
             downs = [m.down.float().reshape(m.down.shape[0], -1) for _, m in uses]
             self.layers.append({
