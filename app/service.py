@@ -223,7 +223,8 @@ class LoratlasService:
             engine, embedder, encoder, calibration, self.limits, base_id))
         if self.uses_starter and starter_loras():
             views = ViewCache(STARTER_DIR / "views" / f"{embedder.version}-{base_id}.npz")
-            seed_from_starter(library, starter_loras(), views, STARTER_DIR / "thumbnails")
+            seed_from_starter(library, starter_loras(), views, STARTER_DIR / "thumbnails",
+                              _starter_profiles(STARTER_DIR / "gates" / "gates.json"))
         self.import_folder(library.folder, library=library, only_new=True)
         return library
 
@@ -476,13 +477,31 @@ class LoratlasService:
             if len(self._read_cache) > 64:
                 self._read_cache.clear()
             self._read_cache[key] = lora
-        return LoraUse(lora, item.ref, item.weight, item.block_weights, item.step_weights)
+        stored = self._stored_entry(item.ref)
+        return LoraUse(lora, item.ref, item.weight, item.block_weights, item.step_weights,
+                       frequency=stored.frequency if stored else None)
+
+    def _stored_entry(self, ref: str):
+        """The catalog entry a library slug names (None for a file path)."""
+        if Path(ref).is_file():
+            return None
+        library = self.library
+        return library.catalog.get(ref) if ref in library.catalog else None
+
+    def _keep_profiles(self, uses: list[LoraUse]) -> None:
+        """Frequency profiles measured during a request are stored with their styles, so each
+        style's profile is measured once per library, not once per process."""
+        for use in uses:
+            profile = self.engine.profiles.get(use.lora.sha256)
+            if use.frequency is None and profile and (entry := self._stored_entry(use.ref)):
+                self.library.catalog.update(entry.id, frequency=list(profile))
 
     def _run(self, recipe: Recipe, uses: list[LoraUse], out_dir, on_step) -> GenerateResult:
         try:
             output = self.engine.generate(recipe, uses, on_step=on_step)
         except ValueError as exc:  # e.g. a recipe made with other gates
             raise ServiceError(str(exc)) from exc
+        self._keep_profiles(uses)
         files = []
         if out_dir is not None:
             folder = Path(out_dir)
@@ -502,6 +521,15 @@ class RetrieveResult:
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "hits": self.hits}
+
+
+def _starter_profiles(gates_file: Path) -> dict[str, list[float]]:
+    """The starter styles' frequency profiles, measured when the gates were trained."""
+    import json
+
+    if not gates_file.is_file():
+        return {}
+    return json.loads(gates_file.read_text()).get("profiles", {})
 
 
 def _version() -> str:

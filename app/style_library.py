@@ -130,10 +130,11 @@ class StyleLibrary:
                on_progress: Callable[[str, float], None] | None = None,
                thumbnails: list[bytes] | None = None,
                views: dict[str, np.ndarray] | None = None,
-               slug: str | None = None) -> IngestResult:
+               slug: str | None = None,
+               frequency: list[float] | None = None) -> IngestResult:
         """Validate → store → render → embed → index → commit; refuses with `IngestRefused`.
 
-        `thumbnails`, `views` and `slug` may be given (the shipped starter pack)."""
+        `thumbnails`, `views`, `slug` and `frequency` may be given (the starter pack)."""
         started = time.perf_counter()
         report = on_progress or (lambda step, fraction: None)
         path = Path(path)
@@ -163,6 +164,7 @@ class StyleLibrary:
             # 4. embed the views
             report("embedded", 0.7)
             entry = self._entry(entry_id, lora, blob, thumbs, source, shown)
+            entry.frequency = frequency
             if source == "import":
                 entry.extra["source_path"] = str(path.resolve())
             vectors = views if views is not None else self._views(entry, lora, images)
@@ -386,7 +388,8 @@ def metadata_text(name: str | None, description: str | None, tags, trigger_words
 
 
 def seed_from_starter(library: StyleLibrary, loras: dict[str, Path], views: ViewCache,
-                      thumbnails_dir: Path) -> int:
+                      thumbnails_dir: Path, profiles: dict[str, list[float]] | None = None
+                      ) -> int:
     """Add the starter styles (shipped thumbnails and view vectors; nothing is rendered)."""
     added = 0
     for slug, path in sorted(loras.items()):
@@ -402,7 +405,7 @@ def seed_from_starter(library: StyleLibrary, loras: dict[str, Path], views: View
         library.ingest(path, "starter", path.name,
                        thumbnails=[p.read_bytes() for p in shipped] if complete else None,
                        views=_with_weights(library, path, vectors) if complete else None,
-                       slug=slug)
+                       slug=slug, frequency=(profiles or {}).get(slug))
         added += 1
     return added
 

@@ -189,3 +189,15 @@ def test_a_crash_at_any_ingest_step_leaves_all_or_nothing(step, tiny_pipeline_di
     # and the library still works: the same file goes in (or is known) after the crash
     report = service.upload([files["style2"]])[0]
     assert report.ok and (report.slug or report.duplicate_of)
+
+
+def test_frequency_profiles_are_measured_once_and_kept_with_the_style(service, files):
+    from app.service import GenerateRequest, LoraRequest
+
+    slugs = [r.slug for r in service.upload([files["style0"], files["style1"]])]
+    assert all(service.library.catalog.get(s).frequency is None for s in slugs)
+    service.generate(GenerateRequest("a red star", [LoraRequest(s) for s in slugs], steps=2,
+                                     mode="gated"))
+    stored = [service.library.catalog.get(s).frequency for s in slugs]
+    assert all(profile and len(profile) == 16 for profile in stored)
+    assert service._use(LoraRequest(slugs[0]), service.engine).frequency == stored[0]
