@@ -18,7 +18,7 @@ from styles.lora import LoraFile
 from styles.reader import ReadOptions, read_lora
 
 PROBE_PROMPTS = ("a red circle", "a blue square", "a green star", "a yellow heart")
-PROBE_STEPS = 12
+PROBE_STEPS = 8  # DPM-Solver: as good as 12 at 64x64 (docs/probe_steps.png)
 
 
 @dataclass
@@ -52,11 +52,9 @@ def metadata_vector(embedder: Embedder, style: LibraryStyle) -> np.ndarray | Non
 def probe_images(engine: GenerationEngine, lora: LoraFile, ref: str) -> list:
     """Renders of neutral prompts with the LoRA at weight 1 (also the style's thumbnails)."""
     use = LoraUse(lora, ref, 1.0)
-    images = []
-    for index, prompt in enumerate(PROBE_PROMPTS):
-        recipe: Recipe = engine.recipe_for(prompt, [use], seed=index, steps=PROBE_STEPS)
-        images += engine.generate(recipe, [use]).images
-    return images
+    recipes: list[Recipe] = [engine.recipe_for(prompt, [use], seed=index, steps=PROBE_STEPS)
+                             for index, prompt in enumerate(PROBE_PROMPTS)]
+    return engine.generate_many(recipes, [use]).images  # one batched denoising loop
 
 
 def to_array(images: list) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from common import RESULTS, machine_line
 
+from app.library import PROBE_PROMPTS, PROBE_STEPS
 from app.service import LoratlasService, ServiceConfig
 from styles.lora import LoraModule
 from styles.writers import save_kohya
@@ -70,7 +71,8 @@ def main() -> None:
              "(shipped thumbnails and view vectors: nothing rendered).", "",
              f"**Median upload → on the map: {statistics.median(totals):.2f} s** "
              f"(max {max(totals):.2f} s, target < 2 s), over {len(rows)} new files; "
-             "each is validated, stored, rendered (4 probe images, 12 steps), embedded "
+             f"each is validated, stored, rendered ({len(PROBE_PROMPTS)} probe images, "
+             f"{PROBE_STEPS} steps, one batch), embedded "
              "(metadata, probes, weights), indexed (FAISS, saved atomically), committed "
              "and placed on the map.", "",
              "| file | total s | stored | rendered | embedded | indexed | done |",

@@ -11,6 +11,7 @@ Modes (Recipe.mode), all behind the one `generate`:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -133,6 +134,30 @@ class GenerationEngine:
         """Run the recipe with `uses` (same order as recipe.loras); one image per seed.
 
         `output_type="latent"` stops before the VAE (benchmarks, training)."""
+        return self._run(recipe, uses, on_step, output_type, batch=None)
+
+    def generate_many(self, recipes: list[Recipe], uses: list[LoraUse],
+                      output_type: str = "pil") -> GenerationOutput:
+        """One image per recipe, recipes that differ only in prompt and seed (an upload's probe
+        renders), denoised together in one batch where the mode allows it (merge, switch,
+        gated): each image is the one `generate` makes alone, up to float rounding."""
+        first = recipes[0]
+        alike = all(dataclasses.replace(r, prompt=first.prompt, seed=first.seed) == first
+                    for r in recipes)
+        if not alike or first.num_images != 1:
+            raise ValueError("generate_many takes recipes that differ only in prompt and seed, "
+                             "one image each")
+        if first.mode in ("composite", "cmlora") or len(recipes) == 1:
+            outputs = [self.generate(r, uses, output_type=output_type) for r in recipes]
+            return GenerationOutput([o.images[0] for o in outputs],
+                                    [o.recipes[0] for o in outputs],
+                                    sum(o.seconds for o in outputs), outputs[0].gates,
+                                    outputs[0].unet_passes)
+        return self._run(first, uses, None, output_type,
+                         batch=[(r.prompt, r.seed) for r in recipes])
+
+    def _run(self, recipe: Recipe, uses: list[LoraUse], on_step, output_type: str,
+             batch: list[tuple[str, int]] | None) -> GenerationOutput:
         # 1. check the LoRAs fit this base
         for use in uses:
             if use.lora.family not in (self.base.family, "unknown"):
@@ -156,11 +181,11 @@ class GenerationEngine:
             with torch.no_grad():
                 active = [ActiveLora(self.adapters.ensure(u.lora), u.lora) for u in uses]
             return self._generate_locked(recipe, uses, active, profiles, on_step, start,
-                                         output_type)
+                                         output_type, batch)
 
     def _generate_locked(self, recipe: Recipe, uses: list[LoraUse], active: list[ActiveLora],
-                         profiles: list | None, on_step, start: float,
-                         output_type: str) -> GenerationOutput:
+                         profiles: list | None, on_step, start: float, output_type: str,
+                         batch: list[tuple[str, int]] | None) -> GenerationOutput:
         by_name = {a.adapter: use for a, use in zip(active, uses, strict=True)}
         schedule = WeightSchedule(by_name, recipe.steps,
                                   "switch" if recipe.mode == "switch" else "merge",
@@ -191,17 +216,23 @@ class GenerationEngine:
             gates = self._gate_map(recipe, uses, active, schedule, sources) if active else None
             counter = {"unet_passes": 0}
             try:
-                images = [self._one_image(recipe, i, applied, on_step, output_type, high,
-                                          counter) for i in range(recipe.num_images)]
+                if batch:
+                    images = self._pipeline_images(recipe, batch, applied, None, output_type,
+                                                   counter)
+                else:
+                    images = [self._one_image(recipe, i, applied, on_step, output_type, high,
+                                              counter) for i in range(recipe.num_images)]
             finally:
                 for item in applied:
                     item.release()
+        runs = 1 if batch else max(1, len(images))  # denoising loops run
         if gates is not None and isinstance(applied[0], FusedGates):
-            gates.rewrites = applied[0].rewrites // max(1, len(images))
+            gates.rewrites = applied[0].rewrites // runs
         seconds = time.perf_counter() - start
-        passes = counter["unet_passes"] // max(1, len(images)) or None
-        return GenerationOutput(images, [recipe.for_image(i) for i in range(len(images))],
-                                seconds, gates, passes)
+        passes = counter["unet_passes"] // runs or None
+        recipes = ([dataclasses.replace(recipe, prompt=p, seed=seed) for p, seed in batch]
+                   if batch else [recipe.for_image(i) for i in range(len(images))])
+        return GenerationOutput(images, recipes, seconds, gates, passes)
 
     def _gates(self, recipe: Recipe, uses: list[LoraUse], active: list[ActiveLora],
                profiles: list | None) -> tuple[GateTable, list[str]]:
@@ -273,6 +304,13 @@ class GenerationEngine:
                 self.base.pipe, recipe.prompt, recipe.negative_prompt, recipe.steps,
                 recipe.guidance_scale, recipe.width, recipe.height, generator, applied[:-1],
                 applied[-1], high, recipe.cmlora_cache, progress, output_type, counter)
+        return self._pipeline_images(recipe, [(recipe.prompt, recipe.seed + index)], applied,
+                                     progress, output_type, counter)[0]
+
+    def _pipeline_images(self, recipe: Recipe, batch: list[tuple[str, int]], applied: list,
+                         progress, output_type: str, counter: dict) -> list:
+        """(prompt, seed) pairs denoised together by the diffusers pipeline's own loop, with
+        this step's LoRA weights set before each step."""
         counter["unet_passes"] += recipe.steps
         scales = applied[0] if applied and isinstance(applied[0], LayerScales | FusedGates) \
             else None
@@ -285,15 +323,19 @@ class GenerationEngine:
             # 6. weights for the next step
             if scales and step + 1 < recipe.steps:
                 scales.apply(step + 1)
-            if on_step:
-                on_step(index, step + 1, recipe.steps)
+            if progress:
+                progress(step + 1)
             return callback_kwargs
 
-        # 7. the diffusers pipeline's own denoising loop
+        # 7. the diffusers pipeline's own denoising loop; one generator per image, so each
+        #    image starts from the noise it would have alone
+        prompts = [p for p, _ in batch]
         result = self.base.pipe(
-            prompt=recipe.prompt, negative_prompt=recipe.negative_prompt or None,
+            prompt=prompts, negative_prompt=[recipe.negative_prompt] * len(batch)
+            if recipe.negative_prompt else None,
             num_inference_steps=recipe.steps, guidance_scale=recipe.guidance_scale,
-            width=recipe.width, height=recipe.height, generator=generator,
+            width=recipe.width, height=recipe.height,
+            generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
             callback_on_step_end=step_end, output_type=output_type,
         )
-        return result.images[0]
+        return list(result.images)

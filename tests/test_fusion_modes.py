@@ -3,6 +3,7 @@ the tiny random pipeline (2-3 steps)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -241,3 +242,22 @@ def test_recipe_accepts_new_modes_and_checks_their_settings():
         Recipe("p", "b", "sd1", mode="cmlora", cmlora_cache="deep")
     with pytest.raises(ValueError, match="apply='adapters'"):
         Recipe("p", "b", "sd1", mode="cmlora", apply="fused")
+
+
+@pytest.mark.parametrize("mode", ["merge", "gated", "composite"])
+def test_generate_many_batches_prompts_and_matches_one_by_one(engine, loras, mode):
+    uses = [LoraUse(loras[0], "a", 0.9), LoraUse(loras[1], "b", 0.7)]
+    prompts = ["a red star", "a blue square", "a green ring"]
+    recipes = [engine.recipe_for(p, uses, steps=3, width=32, height=32, seed=i, mode=mode)
+               for i, p in enumerate(prompts)]
+    together = engine.generate_many(recipes, uses)
+    alone = [engine.generate(r, uses) for r in recipes]
+    assert [r.prompt for r in together.recipes] == prompts
+    assert [r.seed for r in together.recipes] == [0, 1, 2]
+    for image, single in zip(together.images, alone, strict=True):
+        assert np.abs(np.asarray(image, np.float32) - _pixels(single)).max() <= 1.0
+    # UNet passes per image stay what one image alone costs
+    assert together.unet_passes == alone[0].unet_passes
+    assert not np.array_equal(np.asarray(together.images[0]), np.asarray(together.images[1]))
+    with pytest.raises(ValueError, match="differ only in prompt and seed"):
+        engine.generate_many([recipes[0], dataclasses.replace(recipes[1], steps=4)], uses)

@@ -52,8 +52,17 @@ def test_tune_thresholds_separates():
 
 
 def test_tiny_training_run(tmp_path):
+    rendered = []
+
+    def renderer(images: np.ndarray) -> np.ndarray:  # a stand-in for the VAE: lower contrast
+        rendered.append(len(images))
+        return images // 2 + 64
+
     acc = train_judges(tmp_path, seed=3, progress=False, n_train=96, n_val=56,
-                       steps=2, eval_sizes=(1, 8, 4))  # fmt: skip
+                       steps=2, eval_sizes=(1, 8, 4), renderer=renderer)  # fmt: skip
+    # part of the training and validation data and all of the evaluation data were rendered
+    assert 0 < rendered[0] < 96 and 0 < rendered[1] < 56 and len(rendered) == 6
+    assert set(acc["rendered"]["per_style"]) == set(STYLES)
     for f in FILES:
         assert (tmp_path / f).is_file()
     assert json.loads((tmp_path / "accuracy.json").read_text()) == acc

@@ -121,8 +121,8 @@ def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("clip", "bas
 
             train_starter_clip(CLIP_DIR)
         elif stage == "judges" and not (JUDGES_DIR / "judges.json").is_file():
-            from styles.starter.judges import train_judges
+            from styles.starter.judges import train_judges, vae_renderer
 
-            train_judges(JUDGES_DIR)
+            train_judges(JUDGES_DIR, renderer=vae_renderer(PIPELINE_DIR))
         timings[stage] = round(time.time() - started, 1)
     return timings
