@@ -3,6 +3,7 @@ retrieval views of each, computed once per file (by sha256) and cached on disk."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -19,6 +20,13 @@ from styles.reader import ReadOptions, read_lora
 
 PROBE_PROMPTS = ("a red circle", "a blue square", "a green star", "a yellow heart")
 PROBE_STEPS = 8  # DPM-Solver: as good as 12 at 64x64 (docs/probe_steps.png)
+
+
+def renders_id(base_id: str) -> str:
+    """Id of what probe renders depend on: the base model and the probe settings. Caches of
+    probe vectors and indexes holding them are keyed by it, so changing either rebuilds them."""
+    digest = hashlib.sha256(repr((PROBE_PROMPTS, PROBE_STEPS)).encode()).hexdigest()[:6]
+    return f"{base_id}-p{digest}"
 
 
 @dataclass

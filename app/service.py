@@ -199,7 +199,7 @@ class LoratlasService:
         return Path(data) / "loratlas" / "library"
 
     def _open_library(self) -> StyleLibrary:
-        from app.library import ViewCache
+        from app.library import ViewCache, renders_id
         from app.style_library import LibraryParts, StyleLibrary, seed_from_starter
         from retrieval.embedders import starter_embedder
         from retrieval.retriever import Calibration
@@ -218,7 +218,7 @@ class LoratlasService:
                 encoder = WeightEncoder.load(STARTER_DIR / "weight_encoder")
             if (STARTER_DIR / "retrieval_calibration.json").is_file():
                 calibration = Calibration.load(STARTER_DIR / "retrieval_calibration.json")
-        base_id = base_fingerprint(engine.base.source)
+        base_id = renders_id(base_fingerprint(engine.base.source))
         library = StyleLibrary(self.library_dir(), LibraryParts(
             engine, embedder, encoder, calibration, self.limits, base_id))
         if self.uses_starter and starter_loras():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.library import ViewCache, build_retriever, load_styles
+from app.library import ViewCache, build_retriever, load_styles, renders_id
 from fusion.engine import GenerationEngine
 from retrieval.embedders import Embedder
 from retrieval.retriever import StyleRetriever, calibrate, index_of
@@ -78,4 +78,4 @@ def rebuild_for(service) -> StyleRetriever:
 
     engine = service.engine
     return build_starter_retrieval(engine, starter_embedder(),
-                                   base_fingerprint(engine.base.source))
+                                   renders_id(base_fingerprint(engine.base.source)))

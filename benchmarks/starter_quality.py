@@ -28,12 +28,14 @@ from styles.starter.world import caption, content_labels, sample_scene
 HELD_OUT_SEED = 10_000
 
 
-def prompts(n: int, seed: int) -> list[tuple[str, dict]]:
+def prompts(n: int, seed: int, background: bool = True) -> list[tuple[str, dict]]:
+    """Held-out one-object captions with their content labels; `background=False` for style
+    prompts (a style may replace the background, so the prompt does not name one)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         scene = sample_scene(rng, n_objects=1)
-        out.append((caption(scene, rng), content_labels(scene)))
+        out.append((caption(scene, rng, background), content_labels(scene)))
     return out
 
 
@@ -72,7 +74,7 @@ def main() -> None:
     for index, slug in enumerate(sorted(STYLES)):
         if slug not in shipped:
             continue
-        cases = prompts(args.per_style, HELD_OUT_SEED + 1000 * (index + 1))
+        cases = prompts(args.per_style, HELD_OUT_SEED + 1000 * (index + 1), background=False)
         styled = [generate(service, p, HELD_OUT_SEED + i, [slug], args.steps)
                   for i, (p, _) in enumerate(cases)]
         array = images_as_array(styled)
@@ -100,7 +102,8 @@ def main() -> None:
         f"**both: {both:.3f}** over {len(base_cases)} prompts (target ≥ 0.80)",
         f"- seconds per image in this loop: {base_seconds:.2f}", "",
         "## Style LoRAs at weight 1.0", "",
-        f"{args.per_style} held-out prompts per style. *content right* = shape right, and color "
+        f"{args.per_style} held-out prompts per style, none naming a background (the style may "
+        "replace it). *content right* = shape right, and color "
         "right where the style keeps color (✓ in the color column). Targets: style ≥ 0.80, "
         "content ≥ 0.70.", "",
         "| style | style detected | content right | color judged |", "|---|---:|---:|:-:|",

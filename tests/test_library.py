@@ -201,3 +201,17 @@ def test_frequency_profiles_are_measured_once_and_kept_with_the_style(service, f
     stored = [service.library.catalog.get(s).frequency for s in slugs]
     assert all(profile and len(profile) == 16 for profile in stored)
     assert service._use(LoraRequest(slugs[0]), service.engine).frequency == stored[0]
+
+
+def test_probe_settings_are_part_of_the_cache_key(monkeypatch):
+    """Probe vectors and the indexes holding them are keyed by what renders them: changing the
+    probe prompts or steps must not reuse vectors made with the old ones."""
+    import app.library as library
+
+    key = library.renders_id("abc")
+    assert key.startswith("abc-p") and key == library.renders_id("abc")
+    monkeypatch.setattr(library, "PROBE_STEPS", library.PROBE_STEPS + 1)
+    assert library.renders_id("abc") != key
+    monkeypatch.undo()
+    monkeypatch.setattr(library, "PROBE_PROMPTS", library.PROBE_PROMPTS[:-1])
+    assert library.renders_id("abc") != key

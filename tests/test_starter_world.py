@@ -221,3 +221,12 @@ def test_clash_groups() -> None:
     assert all(g <= set(STYLES) for g in CLASH_GROUPS)
     assert clashing_pairs(["noir", "stripes", "arrow"]) == []
     assert clashing_pairs(["watercolor", "line-art", "sepia"]) == [("watercolor", "line-art")]
+
+
+def test_captions_can_leave_the_background_unnamed():
+    scenes = [sample_scene(np.random.default_rng(i)) for i in range(200)]
+    named = [caption(sc, np.random.default_rng(i)) for i, sc in enumerate(scenes)]
+    unnamed = [caption(sc, np.random.default_rng(i), background=False)
+               for i, sc in enumerate(scenes)]
+    assert any("background" in c for c in named)
+    assert not any("background" in c for c in unnamed)  # for style prompts: a style may replace it

@@ -243,8 +243,9 @@ def describe_object(obj: SceneObject, n_objects: int, rng: np.random.Generator) 
     return f"{_article(phrase)} {phrase}"
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A varied natural-language caption of a scene's content."""
+def caption(scene: Scene, rng: np.random.Generator, background: bool = True) -> str:
+    """A varied natural-language caption of a scene's content; `background=False` never names
+    the background (for styled images, whose style may have replaced it)."""
     n = len(scene.objects)
     bg = _pick(rng, BACKGROUND_SYNONYMS[scene.background])
     if n == 1:
@@ -261,7 +262,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
             f"a simple image of {np_}",
             f"{np_} {_position_word(obj)}",
         ]
-        return _pick(rng, templates)
+        return _pick(rng, [t for t in templates if background or "background" not in t])
     a, b = scene.objects[0], scene.objects[1]
     da, db = describe_object(a, 2, rng), describe_object(b, 2, rng)
     templates = [
@@ -274,7 +275,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     pa, pb = _position_word(a), _position_word(b)
     if pa != pb and "center" not in pa + pb:
         templates.append(f"{da} {pa} and {db} {pb}")
-    return _pick(rng, templates)
+    return _pick(rng, [t for t in templates if background or "background" not in t])
 
 
 def content_labels(scene: Scene) -> dict[str, str]:
