@@ -58,9 +58,10 @@ class AdapterSet:
             )
             inject_adapter_in_model(config, model, adapter_name=name)
             state = {}
+            dtype = model.dtype  # once: diffusers walks every submodule to answer it
             for path, module in modules.items():
-                state[f"{path}.lora_A.weight"] = module.down.to(model.dtype)
-                state[f"{path}.lora_B.weight"] = (module.up * module.scale).to(model.dtype)
+                state[f"{path}.lora_A.weight"] = module.down.to(dtype)
+                state[f"{path}.lora_B.weight"] = (module.up * module.scale).to(dtype)
             result = set_peft_model_state_dict(model, state, adapter_name=name)
             if getattr(result, "unexpected_keys", None):
                 raise RuntimeError(f"{lora.path.name}: PEFT did not place "
