@@ -305,11 +305,13 @@ def _renumber(labels: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def cluster_labels(members: Mapping[int, Sequence[str]], tags: Mapping[str, Sequence[str]],
-                   top: int = 3, min_share: float = 0.2) -> dict[int, list[str]]:
+                   top: int = 3, min_share: float = 0.5) -> dict[int, list[str]]:
     """Each cluster's most distinctive tags: share in the cluster × log(share in / share in all).
 
-    Only tags on at least `min_share` of the members and over-represented in the cluster
-    count (a tag every style has scores 0); where none is, the cluster's most common tags."""
+    Only tags on at least `min_share` of the members (a label should describe most of them)
+    and over-represented in the cluster count (a tag every style has scores 0); where none
+    is, the cluster's most common tags, so a mixed cluster reads as mixed ("color · line ·
+    texture") instead of taking the name of its largest minority."""
     total = sum(len(m) for m in members.values())
     overall = Counter(t for ms in members.values() for s in ms for t in _style_tags(tags, s))
     out = {}

@@ -203,3 +203,17 @@ def test_landmarks_beyond_max_exact(data):
     d = ((xy[:, None] - xy[None]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     assert np.mean([group[ids[i]] == group[ids[j]] for i, j in enumerate(d.argmin(1))]) >= 0.9
+
+
+def test_a_mixed_cluster_is_not_named_after_a_minority():
+    # cluster 0: 3 "color", 3 "texture", 2 "line" of 8; "texture" is commoner in cluster 1.
+    # Ranking by distinctiveness alone would name cluster 0 "color · line" (5 of 8 members);
+    # no tag is on half of it, so it is named by its most common tags: it reads as mixed.
+    tags = {f"c{i}": ["color"] for i in range(3)} | {f"t{i}": ["texture"] for i in range(8)} \
+        | {f"l{i}": ["line"] for i in range(4)} | {f"m{i}": ["motif"] for i in range(4)}
+    members = {0: ["c0", "c1", "c2", "t0", "t1", "t2", "l0", "l1"],
+               1: ["m0", "m1", "m2", "m3", "t3", "t4", "t5", "t6", "t7", "l2", "l3"]}
+    assert cluster_labels(members, tags, min_share=0.2)[0] == ["color", "line"]
+    assert cluster_labels(members, tags)[0] == ["color", "texture", "line"]
+    clean = {0: ["m0", "m1", "m2"], 1: ["t0", "t1", "c0"]}
+    assert cluster_labels(clean, tags) == {0: ["motif"], 1: ["texture"]}  # most members: named
