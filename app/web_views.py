@@ -93,8 +93,9 @@ def atlas_html(atlas: dict | None, highlight: Iterable[str] | None = None) -> st
     ys = np.array([p["y"] for p in points], dtype=float)
     left, top = _unit(xs), 1.0 - _unit(ys)
     show_thumbs = len(points) <= MAX_INLINE_THUMBNAILS
+    labelled = _unclashed_labels([p["name"] for p in points], left, top)
     parts = ["<div class='atlas-wrap'><div class='atlas' role='list'>"]
-    for point, x, y in zip(points, left, top, strict=True):
+    for index, (point, x, y) in enumerate(zip(points, left, top, strict=True)):
         colour = cluster_colour(int(point["cluster"]))
         classes = ["pt"]
         if not point.get("applicable", True):
@@ -116,14 +117,46 @@ def atlas_html(atlas: dict | None, highlight: Iterable[str] | None = None) -> st
             f"<button class='{' '.join(classes)}' style='{style}' role='listitem' "
             f"data-slug='{html.escape(point['slug'], quote=True)}' aria-label='{name}'>"
             f"<span class='tip'>{image}<b>{name}</b><br>{cluster}{note}</span></button>"
-            f"<span class='label' style='{where}'>"
-            f"{name}</span>")
+            + (f"<span class='label' style='{where}'>{name}</span>" if index in labelled
+               else ""))
     parts.append("</div><div class='atlas-legend'>")
     for cluster in atlas.get("clusters", []):
         parts.append(f"<span style='--c:{cluster_colour(int(cluster['id']))}'>"
                      f"{html.escape(cluster['label'])} ({cluster['size']})</span>")
     parts.append("</div></div>")
     return "".join(parts)
+
+
+# The map's drawing box in CSS pixels at a typical width, for placing point labels.
+MAP_PX = (720.0, 520.0)
+LABEL_PX = (6.0, 14.0)  # width per character and height of an 11px label
+
+
+def _unclashed_labels(names: list[str], left: np.ndarray, top: np.ndarray) -> set[int]:
+    """Indices of the points whose name is written on the map: greedily, named styles before
+    hash-like file names and short names first, skipping any label that would overlap a
+    label already written or another point (its name stays in the point's tooltip)."""
+    width, height = MAP_PX
+    px = (left * 0.84 + 0.03) * width
+    py = (top * 0.90 + 0.05) * height
+    dots = [(x - 8, y - 8, x + 8, y + 8) for x, y in zip(px, py, strict=True)]
+    order = sorted(range(len(names)), key=lambda i: (names[i].startswith("lora_"),
+                                                     len(names[i]), i))
+    kept: set[int] = set()
+    boxes: list[tuple[float, float, float, float]] = []
+    for i in order:
+        x0, y0 = px[i] + 10, py[i] - 6 - LABEL_PX[1] / 2
+        box = (x0, y0, x0 + LABEL_PX[0] * len(names[i]), y0 + LABEL_PX[1])
+        others = [d for j, d in enumerate(dots) if j != i]
+        if any(_overlap(box, b) for b in boxes + others):
+            continue
+        kept.add(i)
+        boxes.append(box)
+    return kept
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _unit(values: np.ndarray) -> np.ndarray:

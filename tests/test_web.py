@@ -4,6 +4,7 @@ pure views; two checks through the real service on the tiny random pipeline."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -231,3 +232,17 @@ def test_report_rows_explain_duplicates():
                                "near_duplicate_of": "ink"}])
     assert rows[0][1] == "duplicate" and "ink" in rows[0][3]
     assert rows[1][1] == "accepted" and "near-duplicate" in rows[1][3]
+
+
+def test_atlas_writes_no_label_over_another():
+    points = [{"slug": s, "name": n, "x": x, "y": y, "cluster": 0}
+              for s, n, x, y in [("a", "Alpha", 0.0, 0.0), ("b", "Beta", 0.01, 0.0),
+                                 ("c", "lora_0123456789", 0.02, 0.01), ("d", "Delta", 1.0, 1.0),
+                                 ("e", "Echo", 0.5, 0.5)]]
+    page = views.atlas_html({"points": points, "clusters": [{"id": 0, "label": "x", "size": 5}]})
+    written = re.findall(r"<span class='label'[^>]*>([^<]*)</span>", page)
+    # the three near (0, 0) would overlap each other: one name is written there; the far
+    # ones all are
+    assert {"Delta", "Echo"} <= set(written) and len(written) == 3
+    assert len(set(written) & {"Alpha", "Beta", "lora_0123456789"}) == 1
+    assert all(f"aria-label='{p['name']}'" in page for p in points)  # every name stays reachable
