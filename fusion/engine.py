@@ -139,15 +139,17 @@ class GenerationEngine:
     def generate_many(self, recipes: list[Recipe], uses: list[LoraUse],
                       output_type: str = "pil") -> GenerationOutput:
         """One image per recipe, recipes that differ only in prompt and seed (an upload's probe
-        renders), denoised together in one batch where the mode allows it (merge, switch,
-        gated): each image is the one `generate` makes alone, up to float rounding."""
+        renders), denoised together in one batch where the LoRA weights do not depend on the
+        prompt (merge, switch, gated without a learned gate network): each image is the one
+        `generate` makes alone, up to float rounding. Other recipes run one by one."""
         first = recipes[0]
         alike = all(dataclasses.replace(r, prompt=first.prompt, seed=first.seed) == first
                     for r in recipes)
         if not alike or first.num_images != 1:
             raise ValueError("generate_many takes recipes that differ only in prompt and seed, "
                              "one image each")
-        if first.mode in ("composite", "cmlora") or len(recipes) == 1:
+        learned = first.mode == "gated" and self.gate_network is not None  # gates per prompt
+        if first.mode in ("composite", "cmlora") or learned or len(recipes) == 1:
             outputs = [self.generate(r, uses, output_type=output_type) for r in recipes]
             return GenerationOutput([o.images[0] for o in outputs],
                                     [o.recipes[0] for o in outputs],
