@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from fusion.adapters import LayerScales
-from fusion.composite import begin_denoising
+from fusion.composite import begin_denoising, finish_denoising
 
 HIGH_FREQUENCY_SPLIT = 0.75  # "high" group: score >= this share of the set's highest score
 PHASE_SPLIT = 0.6  # the code's phase boundary, step 120 of 200
@@ -158,8 +158,5 @@ def cmlora_image(pipe, prompt: str, negative_prompt: str, steps: int, guidance: 
                                       latents, return_dict=False)[0]
         if on_step:
             on_step(index + 1)
-    if output_type == "latent":
-        return latents
     # 4. decode
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(image, output_type=output_type)[0]
+    return finish_denoising(pipe, latents, output_type)

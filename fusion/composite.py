@@ -57,8 +57,15 @@ def composite_image(pipe, prompt: str, negative_prompt: str, steps: int, guidanc
         latents = pipe.scheduler.step(total / len(scales), t, latents, return_dict=False)[0]
         if on_step:
             on_step(index + 1)
+    # 4. decode
+    return finish_denoising(pipe, latents, output_type)
+
+
+def finish_denoising(pipe, latents: torch.Tensor, output_type: str
+                     ) -> Image.Image | torch.Tensor:
+    """The end of a hand-written denoising loop: the latents, or the image decoded by the VAE
+    in the pipeline's output type ("pil", "np")."""
     if output_type == "latent":
         return latents
-    # 4. decode
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(image, output_type="pil")[0]
+    return pipe.image_processor.postprocess(image, output_type=output_type)[0]

@@ -261,3 +261,13 @@ def test_generate_many_batches_prompts_and_matches_one_by_one(engine, loras, mod
     assert not np.array_equal(np.asarray(together.images[0]), np.asarray(together.images[1]))
     with pytest.raises(ValueError, match="differ only in prompt and seed"):
         engine.generate_many([recipes[0], dataclasses.replace(recipes[1], steps=4)], uses)
+
+
+@pytest.mark.parametrize("mode", ["composite", "cmlora"])
+def test_hand_written_loops_honour_the_output_type(engine, loras, mode):
+    uses = [LoraUse(loras[0], "a", 0.9), LoraUse(loras[1], "b", 0.7)]
+    recipe = engine.recipe_for("a red star", uses, steps=2, width=32, height=32, mode=mode)
+    array = engine.generate(recipe, uses, output_type="np").images[0]
+    assert isinstance(array, np.ndarray) and array.shape == (32, 32, 3)
+    pil = engine.generate(recipe, uses).images[0]
+    assert np.abs(np.asarray(pil, np.float32) - array * 255).max() <= 1.0
