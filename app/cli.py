@@ -322,7 +322,7 @@ def _library_import(service, args) -> int:
         print(json.dumps({"files": [r.to_json() for r in reports]}))
     for report in [] if args.json else reports:
         if not report.ok:
-            print(f"refused  {report.file}: {report.error['message']}")
+            print(f"refused  {report.error['message']}")  # the message names the file
         elif report.duplicate_of:
             print(f"skipped  {report.file}: same file as {report.duplicate_of}")
         else:

@@ -200,8 +200,9 @@ class StyleLibrary:
                     raise against_base from None
                 return other
         except LoraRefused as refusal:
-            details = refusal.to_dict()
-            details["file"] = shown
+            details = refusal.to_dict()  # named as the user named the file (uploads are
+            details["file"] = shown       # stored under temporary names)
+            details["message"] = f"{shown}: {refusal.problem} {refusal.advice}".strip()
             raise IngestRefused(details) from refusal
 
     def read(self, path: Path, family: str | None = None) -> LoraFile:

@@ -215,3 +215,12 @@ def test_probe_settings_are_part_of_the_cache_key(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(library, "PROBE_PROMPTS", library.PROBE_PROMPTS[:-1])
     assert library.renders_id("abc") != key
+
+
+def test_a_refusal_names_the_file_as_the_user_named_it(service, tmp_path):
+    stored = tmp_path / "upload-3f9a.safetensors"  # the temporary name an upload is kept under
+    stored.write_bytes(b"\x80\x04\x95junk")
+    report = service.upload([stored], names=["my style.safetensors"])[0]
+    assert not report.ok and report.file == "my style.safetensors"
+    assert report.error["message"].startswith("my style.safetensors: ")
+    assert "upload-3f9a" not in report.error["message"]
