@@ -74,7 +74,7 @@ class UploadReport:
     slug: str | None = None
     duplicate_of: str | None = None  # same sha256 as an existing style: not added
     near_duplicate_of: str | None = None  # same weights up to tiny noise: added, flagged
-    error: dict | None = None  # {"code", "message", "what_to_do"} when refused
+    error: dict | None = None  # {"code", "file", "problem", "advice", "message"} if refused
     seconds: float = 0.0
 
     def to_json(self) -> dict:

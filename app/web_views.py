@@ -197,8 +197,9 @@ def report_rows(reports: list[dict]) -> list[list]:
         error = report.get("error") or {}
         if not report.get("ok"):
             result = "refused"
-            why = " ".join(x for x in (error.get("message") or error.get("code") or "",
-                                       error.get("what_to_do") or "") if x)
+            # the file has its own column: problem and advice, else the whole message
+            why = " ".join(x for x in (error.get("problem"), error.get("advice")) if x) \
+                or error.get("message") or error.get("code") or ""
         elif report.get("duplicate_of"):
             result, why = "duplicate", f"same file as '{report['duplicate_of']}': not added"
         elif report.get("near_duplicate_of"):

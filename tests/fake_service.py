@@ -171,9 +171,10 @@ class FakeService:
                                            source="upload")
                 reports.append(UploadReport(name, True, slug=slug))
             else:
+                problem, advice = "is a pickle: refused unread.", "Convert it to .safetensors."
                 reports.append(UploadReport(name, False, error={
-                    "code": "pickle", "message": f"{name} is a pickle: refused unread",
-                    "what_to_do": "convert it to .safetensors"}))
+                    "code": "pickle", "file": name, "problem": problem, "advice": advice,
+                    "message": f"{name}: {problem} {advice}"}))
             reports[-1].seconds = time.perf_counter() - start
             if on_progress:
                 on_progress(i, "done", 1.0)
