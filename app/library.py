@@ -1,4 +1,4 @@
-"""The style library the app serves: the starter styles and the user's LoRAs, with the three
+"""The style library the app serves: the starter styles and the user's LoRAs, with the
 retrieval views of each, computed once per file (by sha256) and cached on disk."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fusion.engine import GenerationEngine, LoraUse
 from fusion.recipe import Recipe
 from retrieval.embedders import Embedder
 from retrieval.retriever import Calibration, StyleRecord, StyleRetriever, words
+from retrieval.word_view import WordView
 from styles.lora import LoraFile
 from styles.reader import ReadOptions, read_lora
 
@@ -112,10 +113,13 @@ def load_styles(files: dict[str, Path], table, source: str) -> dict[str, Library
 
 def build_retriever(styles: dict[str, LibraryStyle], embedder: Embedder,
                     engine: GenerationEngine, cache: ViewCache, calibration: Calibration | None,
-                    weight_encoder=None, thumbnails_dir: Path | None = None) -> StyleRetriever:
+                    weight_encoder=None, thumbnails_dir: Path | None = None,
+                    word_view: WordView | None = None) -> StyleRetriever:
     """Compute missing view vectors (writing the probe renders as thumbnails if asked), then
     a retriever over all styles."""
-    vectors: dict[str, dict[str, np.ndarray]] = {"metadata": {}, "probes": {}, "weights": {}}
+    vectors: dict[str, dict[str, np.ndarray]] = {
+        "metadata": {}, "probes": {}, "weights": {}, "words": {}}
+    records = {slug: style.record() for slug, style in styles.items()}
     for slug, style in styles.items():
         sha = style.lora.sha256
         meta = cache.get("metadata", sha)
@@ -135,10 +139,25 @@ def build_retriever(styles: dict[str, LibraryStyle], embedder: Embedder,
         vectors["probes"][slug] = probe
         if weight_encoder is not None:
             vectors["weights"][slug] = weight_encoder.embed([style.lora])[0]
+        if word_view is not None and (found := word_view.embed(style.lora)):
+            vectors["words"][slug], records[slug].weight_words = found
     cache.save()
-    records = {slug: style.record() for slug, style in styles.items()}
     calibration = calibration or Calibration({v: 0.0 for v in vectors}, {v: 1.0 for v in vectors})
     return StyleRetriever.from_vectors(embedder, records, vectors, calibration)
+
+
+def word_view_for(engine: GenerationEngine, embedder: Embedder, path: Path,
+                  reference: list[LoraFile] = ()) -> WordView:
+    """The words view of this base model and embedder: loaded from `path`, or built from the
+    base's tokenizer and text encoder, fitted on the `reference` LoRAs, and saved there."""
+    view = WordView.load(path, embedder.version)
+    if view is None:
+        pipe = engine.base.pipe
+        view = WordView.build(pipe.tokenizer, pipe.text_encoder, embedder)
+        view.fit([r for lora in reference if (r := view.reactions(lora)) is not None])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        view.save(path)
+    return view
 
 
 def manifest_styles(manifest: Path) -> dict[str, dict]:

@@ -190,6 +190,15 @@ class LoratlasService:
                 self._library = self._open_library()
             return self._library
 
+    @staticmethod
+    def cache_dir() -> Path:
+        """What can be rebuilt from the models alone, shared by every library on this machine
+        (keyed by content: base fingerprint, embedder version)."""
+        if home := os.environ.get("LORATLAS_HOME"):
+            return Path(home) / "cache"
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(cache) / "loratlas"
+
     def library_dir(self) -> Path:
         if self.config.library:
             return Path(self.config.library)
@@ -199,10 +208,11 @@ class LoratlasService:
         return Path(data) / "loratlas" / "library"
 
     def _open_library(self) -> StyleLibrary:
-        from app.library import ViewCache, renders_id
+        from app.library import ViewCache, renders_id, word_view_for
         from app.style_library import LibraryParts, StyleLibrary, seed_from_starter
         from retrieval.embedders import starter_embedder
         from retrieval.retriever import Calibration
+        from retrieval.word_view import WordView
         from styles.starter.paths import CLIP_DIR, STARTER_DIR
 
         if not (CLIP_DIR / "open_clip_model.safetensors").is_file():
@@ -219,8 +229,15 @@ class LoratlasService:
             if (STARTER_DIR / "retrieval_calibration.json").is_file():
                 calibration = Calibration.load(STARTER_DIR / "retrieval_calibration.json")
         base_id = renders_id(base_fingerprint(engine.base.source))
+        word_view = None
+        if self.uses_starter:  # shipped, fitted on the pack's LoRAs
+            from app.starter_retrieval import starter_word_view_file
+
+            word_view = WordView.load(starter_word_view_file(embedder, base_id), embedder.version)
+        words_file = self.cache_dir() / "word_view" / f"{embedder.version}-{base_id}.npz"
+        word_view = word_view or word_view_for(engine, embedder, words_file)  # built once
         library = StyleLibrary(self.library_dir(), LibraryParts(
-            engine, embedder, encoder, calibration, self.limits, base_id))
+            engine, embedder, encoder, calibration, self.limits, base_id, word_view))
         if self.uses_starter and starter_loras():
             views = ViewCache(STARTER_DIR / "views" / f"{embedder.version}-{base_id}.npz")
             seed_from_starter(library, starter_loras(), views, STARTER_DIR / "thumbnails",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.library import ViewCache, build_retriever, load_styles, renders_id
+from app.library import ViewCache, build_retriever, load_styles, renders_id, word_view_for
 from fusion.engine import GenerationEngine
 from retrieval.embedders import Embedder
 from retrieval.retriever import StyleRetriever, calibrate, index_of
@@ -23,6 +23,7 @@ CALIBRATION_SEED = 70_000
 WEIGHTS_DIR = STARTER_DIR / "weight_encoder"
 CALIBRATION_FILE = STARTER_DIR / "retrieval_calibration.json"
 VIEWS_DIR = STARTER_DIR / "views"
+WORDS_DIR = STARTER_DIR / "word_view"
 THUMBNAILS_DIR = STARTER_DIR / "thumbnails"
 
 
@@ -50,17 +51,26 @@ def starter_views_file(embedder: Embedder, base_id: str):
     return VIEWS_DIR / f"{embedder.version}-{base_id}.npz"
 
 
+def starter_word_view_file(embedder: Embedder, base_id: str):
+    return WORDS_DIR / f"{embedder.version}-{base_id}.npz"
+
+
 def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
                             base_id: str) -> StyleRetriever:
-    """Render the probes (thumbnails), embed the views, train the weight encoder, calibrate;
-    write them all inside the starter pack."""
+    """Render the probes (thumbnails), embed the views, train the weight encoder, fit the words
+    view on the pack's LoRAs, calibrate; write them all inside the starter pack."""
     styles = load_styles(starter_loras(), engine.base.table, "starter")
     views_file = starter_views_file(embedder, base_id)
     for stale in VIEWS_DIR.glob("*.npz"):
         if stale != views_file:
             stale.unlink()
+    words_file = starter_word_view_file(embedder, base_id)
+    for stale in [*WORDS_DIR.glob("*.npz"), words_file]:
+        stale.unlink(missing_ok=True)  # refitted on the pack's LoRAs as they are now
+    word_view = word_view_for(engine, embedder, words_file,
+                              [style.lora for style in styles.values()])
     retriever = build_retriever(styles, embedder, engine, ViewCache(views_file), None, None,
-                                THUMBNAILS_DIR)
+                                THUMBNAILS_DIR, word_view)
     loras = {slug: style.lora for slug, style in styles.items()}
     encoder = train_encoder(retriever, loras, sorted(loras))
     encoder.save(WEIGHTS_DIR)
@@ -68,6 +78,8 @@ def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
                                             embedder.version)
     nulls, positives = calibration_prompts()
     calibrate(retriever, nulls, positives).save(CALIBRATION_FILE)
+    # calibrated on every LoRA's words; indexed, as in the app, only where the encoder is blind
+    retriever.indexes["words"].remove([s for s in loras if encoder.knows(loras[s])])
     return retriever
 
 

@@ -26,6 +26,7 @@ from retrieval.embedders import Embedder
 from retrieval.index import StyleIndex
 from retrieval.retriever import Calibration, StyleRecord, StyleRetriever, words
 from retrieval.weight_encoder import WeightEncoder, weight_fingerprint
+from retrieval.word_view import WordView
 from styles.architectures import reference_table
 from styles.atlas import AtlasLayout
 from styles.blobs import BlobStore
@@ -68,6 +69,10 @@ class LibraryParts:
     calibration: Calibration | None = None
     limits: ReadLimits = field(default_factory=ReadLimits)
     base_id: str = "base"  # fingerprint of the base model: probe renders depend on it
+    word_view: WordView | None = None  # the training-free weights view (`words`)
+
+
+WEIGHT_VIEWS = ("weights", "words")  # a style has one of them: see `_weight_views`
 
 
 def crash_point(step: str) -> None:
@@ -121,7 +126,7 @@ class StyleLibrary:
 
     def style_vector(self, style_id: str) -> np.ndarray | None:
         """One vector per style for the map: the mean of its views (all in the text space)."""
-        views = [v for view in ("probes", "weights", "metadata")
+        views = [v for view in ("probes", "weights", "words", "metadata")
                  if (v := self.retriever.vector(view, style_id)) is not None]
         return unit(np.mean(views, axis=0)) if views else None
 
@@ -167,7 +172,9 @@ class StyleLibrary:
             entry.frequency = frequency
             if source == "import":
                 entry.extra["source_path"] = str(path.resolve())
-            vectors = views if views is not None else self._views(entry, lora, images)
+            vectors = dict(views) if views is not None else self._views(entry, lora, images)
+            vectors.update({view: v for view, v in self._weight_views(entry, lora).items()
+                            if view not in vectors})
             print_ = weight_fingerprint(lora)
             near = self._near_duplicate(print_, lora.family)
             if near:
@@ -233,10 +240,20 @@ class StyleLibrary:
             vectors["metadata"] = embedder.encode_texts([text])[0]
         if images:
             vectors["probes"] = unit(embedder.encode_images(to_array(images)).mean(axis=0))
+        return {**vectors, **self._weight_views(entry, lora)}
+
+    def _weight_views(self, entry: StyleEntry, lora: LoraFile) -> dict[str, np.ndarray]:
+        """The view read from the weights alone (no rendering): the learned encoder's for a
+        LoRA it was trained on; for any other, the words its cross-attention reacts to (the
+        encoder places those at chance). The words are kept on the entry, for the reasons."""
+        if lora.family != self.base_family:
+            return {}
+        found = self.parts.word_view.embed(lora) if self.parts.word_view is not None else None
+        entry.extra["weight_words"] = found[1] if found else []
         encoder = self.parts.weight_encoder
-        if encoder is not None and lora.family == self.base_family:
-            vectors["weights"] = encoder.embed([lora])[0]
-        return vectors
+        if encoder is not None and encoder.knows(lora):
+            return {"weights": encoder.embed([lora])[0]}
+        return {"words": found[0]} if found else {}
 
     def _near_duplicate(self, fingerprint: np.ndarray, family: str) -> str | None:
         if not len(self.fingerprints):
@@ -267,8 +284,8 @@ class StyleLibrary:
             extra = dict(entry.extra, edited=True, metadata_text=metadata_text(
                 merged["name"], merged["description"], merged["tags"], merged["trigger_words"]))
             entry = self.catalog.update(style_id, extra=extra, **changes)
-            vectors = {view: v for view in ("probes", "weights")
-                       if (v := self.retriever.vector(view, style_id)) is not None}
+            vectors = {view: v for view in self.retriever.indexes if view != "metadata"
+                       and (v := self.retriever.vector(view, style_id)) is not None}
             if extra["metadata_text"]:
                 vectors["metadata"] = self.parts.embedder.encode_texts(
                     [extra["metadata_text"]])[0]
@@ -311,10 +328,29 @@ class StyleLibrary:
             images = _thumbnail_images(self.blobs, entry) if self.applicable(entry) else None
             self.retriever.add_style(self._record(entry), self._views(entry, lora, images))
             self.fingerprints.add([entry.id], weight_fingerprint(lora)[None])
-        if stray or missing:
+        backfilled = self._backfill_words(entries.values())
+        if stray or missing or backfilled:
             self._save_indexes()
         self.recovered += [f"re-indexed {e.id}" for e in missing]
         self._sync_atlas(entries)
+
+    def _backfill_words(self, entries) -> int:
+        """Styles indexed before the words view existed get their weights view again: the
+        words for LoRAs the encoder never saw (their encoder vector was noise), the encoder's
+        for the others. Weights only, no rendering; each entry is done once."""
+        if self.parts.word_view is None:
+            return 0
+        done = 0
+        for entry in entries:
+            if "weight_words" in entry.extra or entry.family != self.base_family:
+                continue
+            vectors = {view: v for view in self.retriever.indexes if view not in WEIGHT_VIEWS
+                       and (v := self.retriever.vector(view, entry.id)) is not None}
+            vectors.update(self._weight_views(entry, self.lora(entry.id)))
+            entry = self.catalog.update(entry.id, extra=entry.extra)
+            self.retriever.add_style(self._record(entry), vectors)
+            done += 1
+        return done
 
     def _sweep_blobs(self) -> list[str]:
         keep = {sha for e in self.catalog.list() for sha in [e.blob, *e.thumbnails]}
@@ -334,7 +370,8 @@ class StyleLibrary:
     def _record(self, entry: StyleEntry) -> StyleRecord:
         text = entry.extra.get("metadata_text", "")
         keywords = sorted(words(" ".join([text, *entry.tags]))) if text else []
-        return StyleRecord(entry.id, entry.name, entry.family, text, keywords)
+        return StyleRecord(entry.id, entry.name, entry.family, text, keywords,
+                           list(entry.extra.get("weight_words", [])))
 
     # -- atlas -----------------------------------------------------------------------------
     def _load_atlas(self) -> AtlasLayout:
@@ -405,17 +442,10 @@ def seed_from_starter(library: StyleLibrary, loras: dict[str, Path], views: View
         complete = shipped and "probes" in vectors
         library.ingest(path, "starter", path.name,
                        thumbnails=[p.read_bytes() for p in shipped] if complete else None,
-                       views=_with_weights(library, path, vectors) if complete else None,
+                       views=vectors if complete else None,
                        slug=slug, frequency=(profiles or {}).get(slug))
         added += 1
     return added
-
-
-def _with_weights(library: StyleLibrary, path: Path, vectors: dict) -> dict:
-    encoder = library.parts.weight_encoder
-    if encoder is None:
-        return vectors
-    return {**vectors, "weights": encoder.embed([library.read(path)])[0]}
 
 
 def _sha256(path: Path) -> str:

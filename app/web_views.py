@@ -165,7 +165,8 @@ def _unit(values: np.ndarray) -> np.ndarray:
 
 
 def reasons_text(reasons: dict | str | None) -> str:
-    """One line from a retrieval hit's reasons (clause, strongest views, matched words)."""
+    """One line from a retrieval hit's reasons (clause, strongest views, matched words, the
+    words its weights react to)."""
     if not reasons:
         return ""
     if isinstance(reasons, str):
@@ -179,6 +180,8 @@ def reasons_text(reasons: dict | str | None) -> str:
         parts.append("by " + ", ".join(f"{name} {float(value):.2f}" for name, value in best))
     if reasons.get("matched_words"):
         parts.append("words: " + ", ".join(reasons["matched_words"]))
+    if reasons.get("weights_react_to"):
+        parts.append("its weights react to: " + ", ".join(reasons["weights_react_to"]))
     return "; ".join(parts)
 
 

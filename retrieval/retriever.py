@@ -2,7 +2,8 @@
 
 Views (each optional): *metadata* (name, description, tags, trigger words: text embedded),
 *probes* (images rendered with the LoRA from neutral prompts: image embeddings), *weights* (the
-AutoLoRA-style encoder of its low-rank factors). Each view's cosine scores are standardised
+AutoLoRA-style encoder of its low-rank factors), *words* (training-free: the words its
+cross-attention deltas react to, `retrieval.word_view`). Each view's cosine scores are standardised
 against that view's scores for prompts that ask for no style (its null distribution), then
 averaged over the views a style has. A prompt is also split into its clauses ("a red star,
 old photograph, with chunky pixels") so that each requested style can win its own clause.
@@ -21,7 +22,7 @@ import numpy as np
 from retrieval.embedders import Embedder
 from retrieval.index import IndexVersionMismatch, StyleIndex
 
-VIEWS = ("metadata", "probes", "weights")
+VIEWS = ("metadata", "probes", "weights", "words")
 _SPLIT = re.compile(r",|;|\bwith\b|\bin the style of\b|\bas\b|\band\b|\blike\b", re.IGNORECASE)
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)?")
 STOP = {"a", "an", "the", "of", "in", "on", "with", "and", "style", "like", "as", "by", "to",
@@ -37,6 +38,7 @@ class StyleRecord:
     family: str
     metadata_text: str = ""
     keywords: list[str] = field(default_factory=list)
+    weight_words: list[str] = field(default_factory=list)  # what its weights react to
 
 
 @dataclass
@@ -230,11 +232,12 @@ class StyleRetriever:
             if self._duplicate(record.style_id, [h.slug for h in hits]):
                 continue
             views = {v: round(s, 4) for v, s in info["raw"].get(record.style_id, {}).items()}
-            hits.append(StyleHit(record.style_id, record.name, round(float(best[j]), 3), {
-                "clause": info["clauses"][int(best_clause[j])],
-                "views": views,
-                "matched_words": sorted(prompt_words & set(record.keywords)),
-            }))
+            reasons = {"clause": info["clauses"][int(best_clause[j])], "views": views,
+                       "matched_words": sorted(prompt_words & set(record.keywords))}
+            if "words" in views and record.weight_words:
+                reasons["weights_react_to"] = record.weight_words
+            hits.append(StyleHit(record.style_id, record.name, round(float(best[j]), 3),
+                                 reasons))
         return hits
 
     def _duplicate(self, style_id: str, kept: Sequence[str]) -> bool:

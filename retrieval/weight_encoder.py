@@ -80,11 +80,15 @@ class EncoderConfig:
 
 
 class WeightEncoder(nn.Module):
-    """Tokens of any number of modules → one unit vector (attention pooling)."""
+    """Tokens of any number of modules → one unit vector (attention pooling).
+
+    It places the LoRAs it was trained on well and any other LoRA at about chance
+    (retrieval_quality.md), so it keeps the fingerprints of its training LoRAs: `knows`."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
+        self.trained_on: np.ndarray | None = None  # weight_fingerprint of each training LoRA
         self.token = nn.Sequential(nn.Linear(TOKEN_DIM, config.hidden), nn.GELU(),
                                    nn.Linear(config.hidden, config.hidden), nn.GELU())
         self.attend = nn.Linear(config.hidden, 1)
@@ -98,6 +102,14 @@ class WeightEncoder(nn.Module):
         pooled = (torch.softmax(logits, dim=1).unsqueeze(-1) * hidden).sum(1)
         return nn.functional.normalize(self.head(pooled), dim=-1)
 
+    def knows(self, lora: LoraFile) -> bool:
+        """Was this LoRA (these weights, whatever the file) among the training LoRAs? An
+        encoder saved without the list is trusted with every LoRA, as before."""
+        if self.trained_on is None:
+            return True
+        return bool(len(self.trained_on)) and \
+            float((self.trained_on @ weight_fingerprint(lora)).max()) >= SEEN_COSINE
+
     def embed(self, loras: Sequence[LoraFile]) -> np.ndarray:
         with torch.no_grad():
             tokens, mask = pad([lora_tokens(lora) for lora in loras])
@@ -110,6 +122,8 @@ class WeightEncoder(nn.Module):
         save_file({k: v.contiguous() for k, v in self.state_dict().items()},
                   str(folder / "weight_encoder.safetensors"))
         (folder / "weight_encoder.json").write_text(json.dumps(asdict(self.config)))
+        if self.trained_on is not None:
+            np.save(folder / "trained_on.npy", self.trained_on)
 
     @classmethod
     def load(cls, folder: Path) -> WeightEncoder:
@@ -117,6 +131,8 @@ class WeightEncoder(nn.Module):
 
         model = cls(EncoderConfig(**json.loads((folder / "weight_encoder.json").read_text())))
         model.load_state_dict(load_file(str(folder / "weight_encoder.safetensors")))
+        if (folder / "trained_on.npy").is_file():
+            model.trained_on = np.load(folder / "trained_on.npy")
         return model.eval()
 
 
@@ -165,7 +181,11 @@ def train_weight_encoder(loras: Sequence[LoraFile], text_targets: Sequence[np.nd
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    model.trained_on = np.stack([weight_fingerprint(lora) for lora in loras])
     return model.eval()
+
+
+SEEN_COSINE = 0.999  # as for near-duplicate uploads
 
 
 def weight_fingerprint(lora: LoraFile, dim: int = 256) -> np.ndarray:

@@ -246,3 +246,12 @@ def test_atlas_writes_no_label_over_another():
     assert {"Delta", "Echo"} <= set(written) and len(written) == 3
     assert len(set(written) & {"Alpha", "Beta", "lora_0123456789"}) == 1
     assert all(f"aria-label='{p['name']}'" in page for p in points)  # every name stays reachable
+
+
+def test_reasons_line_names_clause_views_words_and_what_the_weights_react_to():
+    line = views.reasons_text({"clause": "a neon sign", "views": {"probes": 0.1, "words": 0.7},
+                               "matched_words": [], "weights_react_to": ["buzzing", "neon"]})
+    assert line == ("matches “a neon sign”; by words 0.70, probes 0.10; "
+                    "its weights react to: buzzing, neon")
+    assert views.reasons_text(None) == "" and views.reasons_text("from the recipe") == \
+        "from the recipe"

@@ -1,0 +1,155 @@
+"""The words view: the words a LoRA's cross-attention reacts to, read from its weights alone,
+on the real starter text encoder and embedder, the shipped LoRAs, and a real upload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.word_view import WordView, vocabulary
+from styles.lora import LoraFile, LoraMetadata, LoraModule
+from styles.starter.paths import CLIP_DIR, PIPELINE_DIR, starter_available, starter_loras
+
+starter = pytest.mark.skipif(
+    not starter_available() or not (CLIP_DIR / "open_clip_model.safetensors").is_file(),
+    reason="starter pack not built")
+
+
+def _lora(modules: list[LoraModule]) -> LoraFile:
+    return LoraFile(Path("x.safetensors"), "0" * 64, "kohya", "starter",
+                    {m.target: m for m in modules}, LoraMetadata(), "F32", None)
+
+
+@pytest.fixture(scope="module")
+def text_side():
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return (CLIPTokenizer.from_pretrained(PIPELINE_DIR / "tokenizer"),
+            CLIPTextModel.from_pretrained(PIPELINE_DIR / "text_encoder").eval())
+
+
+@pytest.fixture(scope="module")
+def view(text_side):
+    from retrieval.embedders import starter_embedder
+
+    return WordView.build(*text_side, starter_embedder())
+
+
+@starter
+def test_vocabulary_is_the_words_the_starter_encoder_learned(text_side):
+    words = vocabulary(*text_side)
+    assert 100 < len(words) < 2000
+    assert {"neon", "pixels", "chalk", "star", "red"} <= set(words)
+    assert "mortgages" not in words  # in CLIP's vocabulary, never in a starter caption
+
+
+@starter
+def test_an_untrained_encoder_keeps_the_words_of_largest_norm(text_side):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer, trained = text_side
+    torch.manual_seed(0)
+    fresh = CLIPTextModel(CLIPTextConfig(**{**trained.config.to_dict(), "num_hidden_layers": 1}))
+    assert len(vocabulary(tokenizer, fresh, limit=50)) == 50
+
+
+@starter
+def test_a_lora_reacting_to_one_word_is_placed_at_that_word(view):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(PIPELINE_DIR / "unet")
+    neon = view.states[view.words.index("neon")]
+    g = torch.Generator().manual_seed(0)
+    modules = [LoraModule(f"unet.{path}", "linear",
+                          torch.from_numpy(neon / np.linalg.norm(neon)).float()[None],
+                          torch.randn(module.out_features, 1, generator=g))
+               for path, module in unet.named_modules() if path.endswith("attn2.to_k")]
+    assert modules
+    vector, words = view.embed(_lora(modules))
+    assert words[0] == "neon" and len(words) <= view.top
+    similarity = view.text @ vector
+    assert similarity[view.words.index("neon")] > np.median(similarity) + 0.2
+    assert np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
+
+
+@starter
+def test_no_cross_attention_keys_means_no_words(view):
+    conv = LoraModule("unet.down_blocks.0.resnets.0.conv1", "conv", torch.randn(2, 64, 3, 3),
+                      torch.randn(64, 2, 1, 1))
+    assert view.reactions(_lora([conv])) is None and view.embed(_lora([conv])) is None
+
+
+@starter
+def test_reference_statistics_and_files_round_trip(view, tmp_path):
+    g = np.random.default_rng(0)
+    reactions = [g.random(len(view.words)) for _ in range(6)]
+    fitted = view.fit(reactions[:5])
+    assert fitted.mean is not None and fitted.std is not None
+    path = fitted.save(tmp_path / "words.npz")
+    again = WordView.load(path, view.embedder_version)
+    assert again.words == view.words and np.allclose(again.mean, view.mean)
+    assert again.embed_reactions(reactions[5])[1] == view.embed_reactions(reactions[5])[1]
+    assert WordView.load(path, "another-embedder") is None
+    assert view.fit(reactions[:2]).mean is None  # too few to say what is usual
+
+
+@pytest.mark.skipif(not starter_available() or not starter_loras(),
+                    reason="starter LoRAs not built")
+def test_shipped_neon_night_reacts_to_neon_and_an_unseen_upload_gets_the_words_view(
+        tmp_path, monkeypatch):
+    """A starter LoRA keeps the encoder's weights view (it was trained on it); the same file
+    with its weights changed is unseen: it is indexed with its words, which explain hits."""
+    from safetensors.torch import load_file, save_file
+
+    from app.service import LoratlasService, ServiceConfig
+
+    monkeypatch.setenv("LORATLAS_HOME", str(tmp_path / "home"))
+    service = LoratlasService(ServiceConfig(device="cpu"))
+    library = service.library
+    assert library.retriever.vector("weights", "neon-night") is not None
+    assert library.retriever.vector("words", "neon-night") is None
+    assert "neon" in library.catalog.get("neon-night").extra["weight_words"]
+
+    g = torch.Generator().manual_seed(1)
+    tensors = {k: v.float() * (1 + 0.5 * torch.randn(v.shape, generator=g))
+               if k.endswith(("lora_down.weight", "lora_up.weight")) else v
+               for k, v in load_file(starter_loras()["neon-night"]).items()}
+    upload = tmp_path / "a1b2c3d4e5.safetensors"
+    save_file(tensors, str(upload))  # no metadata: no name, tags or trigger
+    entry = library.ingest(upload, "upload", upload.name).entry
+    assert library.retriever.vector("words", entry.id) is not None
+    assert library.retriever.vector("weights", entry.id) is None
+    assert library.retriever.records[entry.id].weight_words == entry.extra["weight_words"]
+    hits = library.retriever.retrieve("a star glowing like a neon sign at night", k=5)
+    mine = [h for h in hits if h.slug == entry.id]
+    if mine:  # found without a name: the reasons say which words its weights react to
+        assert mine[0].reasons["weights_react_to"] == entry.extra["weight_words"]
+
+
+def test_any_base_gets_a_words_view_built_once_into_the_shared_cache(tiny_pipeline_dir,
+                                                                        tiny_base, tmp_path):
+    """A user's own base (here a tiny random one): no trained encoder, so an upload is found
+    by its words; the view is built from that base's text encoder once, then reused."""
+    from app.service import LoratlasService, ServiceConfig
+    from styles.writers import save_kohya
+    from tests.conftest import random_lora
+
+    def open_library(name: str):
+        return LoratlasService(ServiceConfig(base_model=str(tiny_pipeline_dir), device="cpu",
+                                             library=str(tmp_path / name))).library
+
+    library = open_library("one")
+    cached = list((LoratlasService.cache_dir() / "word_view").glob("*.npz"))
+    assert cached and library.parts.word_view is not None
+    stamp = {p: p.stat().st_mtime_ns for p in cached}
+    assert open_library("two").parts.word_view.words == library.parts.word_view.words
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamp  # loaded, not rebuilt
+
+    path = save_kohya(random_lora(tiny_base.table, seed=5), tmp_path / "ink.safetensors")
+    entry = library.ingest(path, "upload", path.name).entry
+    assert library.retriever.vector("words", entry.id) is not None
+    assert library.retriever.vector("weights", entry.id) is None
+    assert entry.extra["weight_words"] and library.style_vector(entry.id) is not None
