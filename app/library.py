@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def build_retriever(styles: dict[str, LibraryStyle], embedder: Embedder,
 
 
 def word_view_for(engine: GenerationEngine, embedder: Embedder, path: Path,
-                  reference: list[LoraFile] = ()) -> WordView:
+                  reference: Sequence[LoraFile] = ()) -> WordView:
     """The words view of this base model and embedder: loaded from `path`, or built from the
     base's tokenizer and text encoder, fitted on the `reference` LoRAs, and saved there."""
     view = WordView.load(path, embedder.version)

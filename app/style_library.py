@@ -346,7 +346,11 @@ class StyleLibrary:
                 continue
             vectors = {view: v for view in self.retriever.indexes if view not in WEIGHT_VIEWS
                        and (v := self.retriever.vector(view, entry.id)) is not None}
-            vectors.update(self._weight_views(entry, self.lora(entry.id)))
+            try:
+                vectors.update(self._weight_views(entry, self.lora(entry.id)))
+            except (LoraRefused, OSError) as exc:  # kept as it was; listed for the user
+                self.recovered.append(f"no weights view for {entry.id}: {exc}")
+                entry.extra["weight_words"] = []
             entry = self.catalog.update(entry.id, extra=entry.extra)
             self.retriever.add_style(self._record(entry), vectors)
             done += 1
