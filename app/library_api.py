@@ -35,6 +35,7 @@ class StyleCard(StyleSummary):
     nearest: list[dict] = field(default_factory=list)  # [{"slug", "name", "score"}]
     cluster: str | None = None
     flags: list[str] = field(default_factory=list)  # e.g. "near-duplicate of pixel-art"
+    weight_words: list[str] = field(default_factory=list)  # what its weights react to
 
 
 @dataclass

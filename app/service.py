@@ -400,7 +400,7 @@ class LoratlasService:
                          rank=entry.rank, sha256=entry.sha256, created=entry.created,
                          thumbnails=[str(library.blobs.path(t)) for t in entry.thumbnails],
                          nearest=nearest, cluster=self._cluster_label(slug),
-                         flags=flags)
+                         flags=flags, weight_words=list(entry.extra.get("weight_words", [])))
 
     def atlas(self) -> AtlasView:
         library = self.library

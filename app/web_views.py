@@ -231,6 +231,9 @@ def card_markdown(card: dict | None) -> str:
         lines.append("Tags: " + ", ".join(f"`{t}`" for t in card["tags"]))
     if card.get("trigger_words"):
         lines.append("Trigger words: " + ", ".join(f"`{t}`" for t in card["trigger_words"]))
+    if card.get("weight_words"):
+        lines.append("Its weights react to: " + ", ".join(html.escape(w)
+                                                         for w in card["weight_words"]))
     if card.get("flags"):
         lines.append("⚠ " + "; ".join(card["flags"]))
     if card.get("nearest"):

@@ -116,6 +116,11 @@ def test_shipped_neon_night_reacts_to_neon_and_an_unseen_upload_gets_the_words_v
     assert library.retriever.vector("weights", "neon-night") is not None
     assert library.retriever.vector("words", "neon-night") is None
     assert "neon" in library.catalog.get("neon-night").extra["weight_words"]
+    card = service.style_card("neon-night")  # the atlas card says it too
+    assert "neon" in card.weight_words
+    from app.web_views import card_markdown
+
+    assert "Its weights react to: " in card_markdown(card.to_json())
 
     g = torch.Generator().manual_seed(1)
     tensors = {k: v.float() * (1 + 0.5 * torch.randn(v.shape, generator=g))
