@@ -235,7 +235,13 @@ class LoratlasService:
 
             word_view = WordView.load(starter_word_view_file(embedder, base_id), embedder.version)
         words_file = self.cache_dir() / "word_view" / f"{embedder.version}-{base_id}.npz"
-        word_view = word_view or word_view_for(engine, embedder, words_file)  # built once
+        try:
+            word_view = word_view or word_view_for(engine, embedder, words_file)  # built once
+        except (AttributeError, KeyError, ValueError, RuntimeError, OSError) as exc:
+            import warnings  # a base without a CLIP-like tokenizer and text encoder
+
+            warnings.warn(f"no words view for this base model ({exc}); styles are found by "
+                          "their other views", stacklevel=2)
         library = StyleLibrary(self.library_dir(), LibraryParts(
             engine, embedder, encoder, calibration, self.limits, base_id, word_view))
         if self.uses_starter and starter_loras():
