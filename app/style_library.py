@@ -172,10 +172,9 @@ class StyleLibrary:
             entry.frequency = frequency
             if source == "import":
                 entry.extra["source_path"] = str(path.resolve())
-            vectors = dict(views) if views is not None else self._views(entry, lora, images)
-            vectors.update({view: v for view, v in self._weight_views(entry, lora).items()
-                            if view not in vectors})
             print_ = weight_fingerprint(lora)
+            vectors = self._views(entry, lora, images, print_) if views is None else \
+                {**self._weight_views(entry, lora, print_), **views}  # given views win
             near = self._near_duplicate(print_, lora.family)
             if near:
                 entry.extra["near_duplicate_of"] = near
@@ -232,17 +231,18 @@ class StyleLibrary:
                    "metadata_text": metadata_text(meta.name, meta.description, meta.tags,
                                                   meta.trigger_words)})
 
-    def _views(self, entry: StyleEntry, lora: LoraFile, images: list | None
-               ) -> dict[str, np.ndarray]:
+    def _views(self, entry: StyleEntry, lora: LoraFile, images: list | None,
+               fingerprint: np.ndarray | None = None) -> dict[str, np.ndarray]:
         embedder = self.parts.embedder
         vectors = {}
         if text := entry.extra.get("metadata_text"):
             vectors["metadata"] = embedder.encode_texts([text])[0]
         if images:
             vectors["probes"] = unit(embedder.encode_images(to_array(images)).mean(axis=0))
-        return {**vectors, **self._weight_views(entry, lora)}
+        return {**vectors, **self._weight_views(entry, lora, fingerprint)}
 
-    def _weight_views(self, entry: StyleEntry, lora: LoraFile) -> dict[str, np.ndarray]:
+    def _weight_views(self, entry: StyleEntry, lora: LoraFile,
+                      fingerprint: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The view read from the weights alone (no rendering): the learned encoder's for a
         LoRA it was trained on; for any other, the words its cross-attention reacts to (the
         encoder places those at chance). The words are kept on the entry, for the reasons."""
@@ -251,7 +251,7 @@ class StyleLibrary:
         found = self.parts.word_view.embed(lora) if self.parts.word_view is not None else None
         entry.extra["weight_words"] = found[1] if found else []
         encoder = self.parts.weight_encoder
-        if encoder is not None and encoder.knows(lora):
+        if encoder is not None and encoder.knows(lora, fingerprint):
             return {"weights": encoder.embed([lora])[0]}
         return {"words": found[0]} if found else {}
 

@@ -102,13 +102,16 @@ class WeightEncoder(nn.Module):
         pooled = (torch.softmax(logits, dim=1).unsqueeze(-1) * hidden).sum(1)
         return nn.functional.normalize(self.head(pooled), dim=-1)
 
-    def knows(self, lora: LoraFile) -> bool:
-        """Was this LoRA (these weights, whatever the file) among the training LoRAs? An
-        encoder saved without the list is trusted with every LoRA, as before."""
+    def knows(self, lora: LoraFile, fingerprint: np.ndarray | None = None) -> bool:
+        """Was this LoRA (these weights, whatever the file) among the training LoRAs? Pass its
+        `weight_fingerprint` if it is at hand. An encoder saved without the list is trusted
+        with every LoRA, as before."""
         if self.trained_on is None:
             return True
+        if fingerprint is None:
+            fingerprint = weight_fingerprint(lora)
         return bool(len(self.trained_on)) and \
-            float((self.trained_on @ weight_fingerprint(lora)).max()) >= SEEN_COSINE
+            float((self.trained_on @ fingerprint).max()) >= SEEN_COSINE
 
     def embed(self, loras: Sequence[LoraFile]) -> np.ndarray:
         with torch.no_grad():
