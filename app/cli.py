@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stages", default="clip,base,loras,judges,retrieval")
     b.add_argument("--unet-steps", type=int)
     b.add_argument("--lora-steps", type=int)
+    b.add_argument("--schedule-steps", type=int,
+                   help="fine-tuning steps that move an epsilon-prediction base to zero-SNR v")
 
     p = sub.add_parser("serve", help="launch the web app")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -265,6 +267,8 @@ def cmd_starter(args: argparse.Namespace) -> int:
         plan = replace(plan, unet_steps=args.unet_steps)
     if args.lora_steps:
         plan = replace(plan, lora_steps=args.lora_steps)
+    if args.schedule_steps:
+        plan = replace(plan, schedule_steps=args.schedule_steps)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     timings = build(plan, tuple(s for s in stages if s != "retrieval"))
     if "retrieval" in stages:  # needs the app: embedder, engine and library together

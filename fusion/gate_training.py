@@ -35,6 +35,7 @@ from fusion.gates import (
     layer_feature_matrix,
     lora_vector,
 )
+from styles.starter.base_model import diffusion_target
 from styles.starter.data import to_tensor_layout, world_batch
 from styles.starter.looks import STYLES, canonical_order, clashing_pairs
 
@@ -180,7 +181,7 @@ def train_gate_network(engine, uses: dict, config: GateTrainingConfig | None = N
             prediction = pipe.unet(noise.add_noise(latents, eps, t), t, hidden).sample
         finally:
             scales.release()
-        return F.mse_loss(prediction, eps)
+        return F.mse_loss(prediction, diffusion_target(noise, latents, eps, t))
 
     # 3. a fixed held-out evaluation: sets never trained on, their own scenes and noise
     eval_rng = np.random.default_rng(config.seed + 1)

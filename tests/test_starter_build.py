@@ -39,6 +39,64 @@ def test_vae_training_resumes_from_its_checkpoint(tmp_path):
     assert vae.config.scaling_factor > 0
 
 
+def test_zero_snr_schedule_leaves_no_signal_at_the_last_step_and_targets_velocity():
+    from diffusers import DDPMScheduler
+
+    old, new = DDPMScheduler(**base_model.NOISE), DDPMScheduler(**base_model.SCHEDULE)
+    assert old.alphas_cumprod[-1] > 4e-3  # SD's schedule: the image leaks into x_T
+    assert new.alphas_cumprod[-1] < 1e-6
+    x0, eps = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    t = torch.tensor([0, 999])
+    assert torch.equal(base_model.diffusion_target(old, x0, eps, t), eps)
+    v = base_model.diffusion_target(new, x0, eps, t)
+    assert torch.allclose(v[1], -x0[1], atol=1e-3)  # at zero SNR, v is minus the image
+    assert torch.allclose(v[0], eps[0], atol=0.15)  # at the first step, v is about the noise
+    new.register_to_config(prediction_type="sample")
+    with pytest.raises(ValueError, match="prediction_type 'sample'"):
+        base_model.diffusion_target(new, x0, eps, t)
+
+
+def test_unet_training_starts_from_a_given_unet_and_resumes(tmp_path):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from styles.tokenizer import clip_tokenizer, write_clip_tokenizer_files
+
+    vae = base_model.train_vae(tmp_path, steps=1, batch=2)
+    tokenizer = clip_tokenizer(str(write_clip_tokenizer_files(tmp_path / "tok")))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**base_model.TEXT_CONFIG)).eval()
+    torch.manual_seed(3)
+    start = UNet2DConditionModel(**base_model.UNET_CONFIG)
+    same = base_model.train_unet(tmp_path, vae, tokenizer, text_encoder, steps=1, batch=2,
+                                 pool_size=2, start_from=start, lr=0.0, checkpoint="a.pt")
+    for name, tensor in start.state_dict().items():
+        assert torch.equal(same.state_dict()[name], tensor), name
+    moved = base_model.train_unet(tmp_path, vae, tokenizer, text_encoder, steps=1, batch=2,
+                                  pool_size=2, start_from=start, lr=1e-3, checkpoint="b.pt")
+    assert not torch.equal(moved.conv_in.weight, start.conv_in.weight)
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 1
+
+
+def test_loras_of_another_base_are_dropped_before_the_loras_stage(tmp_path, monkeypatch):
+    from styles.starter import build
+
+    pipeline, loras = tmp_path / "pipeline", tmp_path / "loras"
+    pipeline.mkdir()
+    loras.mkdir()
+    (pipeline / "model_index.json").write_text("{}")
+    info = {"unet_steps": 5000, "prediction_type": "v_prediction", "schedule_steps": 1500}
+    (pipeline / "loratlas_starter.json").write_text(json.dumps(info))
+    monkeypatch.setattr(build, "PIPELINE_DIR", pipeline)
+    monkeypatch.setattr(build, "LORA_DIR", loras)
+    monkeypatch.setattr(build, "MANIFEST", tmp_path / "manifest.json")
+    (loras / "sepia.safetensors").write_bytes(b"x")
+    build.MANIFEST.write_text(json.dumps({"base": build._base_key(), "styles": []}))
+    assert build.drop_stale_loras() == []  # trained on this base: kept
+    build.MANIFEST.write_text(json.dumps({"styles": []}))  # the epsilon-prediction pack's
+    assert build.drop_stale_loras() == [loras / "sepia.safetensors"]
+    assert not build.MANIFEST.exists() and not list(loras.iterdir())
+
+
 def test_style_lora_trains_and_saves_in_each_layout(tiny_pipeline_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
@@ -78,6 +136,9 @@ def test_shipped_pipeline_loads_with_diffusers_and_is_the_starter_family():
     pipe = StableDiffusionPipeline.from_pretrained(PIPELINE_DIR)
     assert pipe.tokenizer("a red star").input_ids == [49406, 320, 736, 1565, 49407]
     assert load_base(PIPELINE_DIR, device="cpu").family == "starter"
+    config = pipe.scheduler.config  # zero terminal SNR, v-prediction, sampled from the end
+    assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
+    assert config.timestep_spacing == "trailing"
 
 
 @pytest.mark.skipif(not starter_loras(), reason="starter LoRAs not built")
@@ -96,3 +157,5 @@ def test_shipped_loras_are_the_28_styles_and_read_as_starter_loras():
     assert formats == {"kohya": "kohya", "diffusers": "diffusers-peft", "sparse": "kohya"}
     manifest = json.loads((PIPELINE_DIR.parent / "manifest.json").read_text())
     assert len(manifest["styles"]) == 28
+    info = json.loads((PIPELINE_DIR / "loratlas_starter.json").read_text())
+    assert manifest["base"] == {k: info.get(k) for k in manifest["base"]}  # trained on this base

@@ -37,7 +37,36 @@ TEXT_CONFIG = dict(hidden_size=CROSS_ATTENTION_DIM, intermediate_size=4 * CROSS_
                    layer_norm_eps=1e-5)
 NOISE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
              beta_schedule="scaled_linear")
+# SD's schedule leaves signal at the last step (alpha_bar 0.0047): on a 16x16 latent the mean
+# of each channel of x_T then still carries the image's overall colour, the model learns to
+# read the background from the noise, and at sampling time (pure noise) the background comes
+# from the seed, whatever a LoRA says. Zero terminal SNR with v-prediction (Lin et al., "Common
+# Diffusion Noise Schedules and Sample Steps are Flawed", 2024) removes that leak; sampling
+# then starts from the last timestep ("trailing" spacing).
+SCHEDULE = dict(NOISE, rescale_betas_zero_snr=True, prediction_type="v_prediction")
+SAMPLING = dict(SCHEDULE, timestep_spacing="trailing")
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
+
+
+def diffusion_target(noise, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
+                     ) -> torch.Tensor:
+    """What the UNet is trained to predict under `noise` (a diffusers scheduler): the noise
+    for epsilon-prediction, the velocity for v-prediction."""
+    kind = noise.config.prediction_type
+    if kind == "epsilon":
+        return eps
+    if kind == "v_prediction":
+        return noise.get_velocity(x0, eps, t)
+    raise ValueError(f"prediction_type {kind!r} is not supported (epsilon or v_prediction)")
+
+
+def diffusion_loss(unet, noise, x0: torch.Tensor, cond: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+    """The denoising loss of `unet` on clean latents `x0` under `noise`, at random timesteps."""
+    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, noise.config.num_train_timesteps, (len(x0),), generator=generator)
+    prediction = unet(noise.add_noise(x0, eps, t), t, cond).sample
+    return F.mse_loss(prediction, diffusion_target(noise, x0, eps, t))
 
 
 def _checkpoint(path: Path, state: dict) -> None:
@@ -161,17 +190,22 @@ def encode_pool(vae, tokenizer, size: int, seed: int, batch: int = 256
 
 
 def train_unet(work: Path, vae, tokenizer, text_encoder, steps: int = 2500, batch: int = 32,
-               seed: int = 0, pool_size: int = 24000, progress: Progress | None = None):
-    """The UNet, trained with the diffusion loss under the frozen text encoder; 10% empty
-    captions teach the unconditional branch classifier-free guidance needs."""
+               seed: int = 0, pool_size: int = 24000, progress: Progress | None = None,
+               start_from=None, lr: float = 4e-4, checkpoint: str = "unet.pt"):
+    """The UNet, trained with the diffusion loss (zero terminal SNR, v-prediction) under the
+    frozen text encoder; 10% empty captions teach the unconditional branch classifier-free
+    guidance needs. `start_from` (a UNet) fine-tunes it instead of starting from scratch, as
+    the shipped base was moved from epsilon-prediction to this schedule."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    noise = DDPMScheduler(**NOISE)
+    if start_from is not None:
+        unet.load_state_dict({k: v.float() for k, v in start_from.state_dict().items()})
+    noise = DDPMScheduler(**SCHEDULE)
     params = list(unet.parameters())
-    optimizer = torch.optim.AdamW(params, lr=4e-4, weight_decay=1e-2)
-    state_path = work / "unet.pt"
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    state_path = work / checkpoint
     start = 0
     if state := _resume(state_path):
         unet.load_state_dict(state["unet"])
@@ -184,8 +218,9 @@ def train_unet(work: Path, vae, tokenizer, text_encoder, steps: int = 2500, batc
                             for i in range(0, len(ids), 512)])
         empty = text_encoder(empty_ids).last_hidden_state
     generator = torch.Generator().manual_seed(seed + start)
+    warmup = 50 if start_from is not None else 200
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1 - s / steps))
     for _ in range(start):
         scheduler.step()
     unet.train()
@@ -194,10 +229,7 @@ def train_unet(work: Path, vae, tokenizer, text_encoder, steps: int = 2500, batc
         x0, cond = latents[index], hidden[index].clone()
         drop = torch.rand(batch, generator=generator) < 0.1
         cond[drop] = empty
-        eps = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, NOISE["num_train_timesteps"], (batch,), generator=generator)
-        noisy = noise.add_noise(x0, eps, t)
-        loss = F.mse_loss(unet(noisy, t, cond).sample, eps)
+        loss = diffusion_loss(unet, noise, x0, cond, generator)
         _optimise(optimizer, loss, params)
         scheduler.step()
         _after_step(step, steps, loss, progress, state_path,
@@ -210,7 +242,7 @@ def save_pipeline(folder: Path, vae, unet, text_encoder, tokenizer_dir: Path,
     """A standard diffusers folder that StableDiffusionPipeline.from_pretrained loads."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    scheduler = DPMSolverMultistepScheduler(**NOISE, steps_offset=1)
+    scheduler = DPMSolverMultistepScheduler(**SAMPLING)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, unet=unet,
                                    tokenizer=clip_tokenizer(str(tokenizer_dir)),
                                    scheduler=scheduler, safety_checker=None,
@@ -242,5 +274,24 @@ def build_base(folder: Path, work: Path, vae_steps: int, unet_steps: int, seed: 
     unet = train_unet(work, vae, tokenizer, text_encoder, unet_steps, seed=seed,
                       progress=progress_factory("unet") if progress_factory else None)
     info = {"vae_steps": vae_steps, "unet_steps": unet_steps, "seed": seed,
-            "seconds": round(time.time() - started, 1), "image_size": IMAGE_SIZE}
+            "seconds": round(time.time() - started, 1), "image_size": IMAGE_SIZE,
+            "prediction_type": SCHEDULE["prediction_type"]}
     return save_pipeline(folder, vae, unet, text_encoder, tokenizer_dir, info)
+
+
+def convert_base(folder: Path, work: Path, steps: int, seed: int = 0,
+                 progress: Progress | None = None) -> Path:
+    """Fine-tune an epsilon-prediction starter base (the pack before zero terminal SNR) into
+    `SCHEDULE`, keeping its VAE and text encoder, and save it in place."""
+    from diffusers import StableDiffusionPipeline
+
+    started = time.time()
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
+    info = json.loads((folder / "loratlas_starter.json").read_text())
+    unet = train_unet(work, pipe.vae, pipe.tokenizer, pipe.text_encoder, steps, seed=seed + 7,
+                      progress=progress, start_from=pipe.unet, lr=2e-4,
+                      checkpoint="unet_vpred.pt")
+    info.update(prediction_type=SCHEDULE["prediction_type"], schedule_steps=steps,
+                schedule_seconds=round(time.time() - started, 1))
+    tokenizer_dir = write_clip_tokenizer_files(work / "tokenizer")
+    return save_pipeline(folder, pipe.vae, unet, pipe.text_encoder, tokenizer_dir, info)

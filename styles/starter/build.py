@@ -3,8 +3,10 @@
 Stages (each skipped when its output exists, each resuming from its checkpoints):
 1. clip: the small open_clip model retrieval embeds with; its text tower is also the base
    model's (frozen) text encoder;
-2. base: VAE, then the UNet under that text encoder → a diffusers pipeline folder;
-3. loras: one PEFT LoRA per style → safetensors in real tools' layouts, and the manifest;
+2. base: VAE, then the UNet under that text encoder → a diffusers pipeline folder (zero
+   terminal SNR, v-prediction; an older epsilon-prediction base is fine-tuned into it);
+3. loras: one PEFT LoRA per style → safetensors in real tools' layouts, and the manifest
+   (which records the base they were trained on: a new base retrains them all);
 4. judges: content and style classifiers for the benchmarks.
 """
 
@@ -27,6 +29,7 @@ class BuildPlan:
 
     vae_steps: int = 1200
     unet_steps: int = 5000
+    schedule_steps: int = 1500  # fine-tuning an epsilon-prediction base into zero-SNR v-pred
     lora_steps: int = 200
     lora_batch: int = 8
     lora_lr: float = 3e-3
@@ -60,6 +63,7 @@ def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
     from styles.starter.looks import STYLES
     from styles.starter.style_loras import file_name, save_style_lora, train_style_lora
 
+    drop_stale_loras()
     pipe = StableDiffusionPipeline.from_pretrained(PIPELINE_DIR, dtype=torch.float32)
     written = []
     everything = sorted(STYLES)
@@ -77,6 +81,18 @@ def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
     return written
 
 
+def drop_stale_loras() -> list[Path]:
+    """Delete the style LoRAs (and manifest) trained on another base than the shipped one, so
+    that the loras stage retrains them all; return what was deleted."""
+    if not MANIFEST.is_file() or json.loads(MANIFEST.read_text()).get("base") == _base_key():
+        return []
+    stale = sorted(LORA_DIR.glob("*.safetensors"))
+    for path in stale:
+        path.unlink()
+    MANIFEST.unlink()
+    return stale
+
+
 def write_manifest(plan: BuildPlan) -> Path:
     """slug → file and card for every starter style (the starter library's index)."""
     from styles.starter.looks import STYLES
@@ -86,34 +102,49 @@ def write_manifest(plan: BuildPlan) -> Path:
                "name": spec.name, "band": spec.band, "tags": list(spec.tags),
                "trigger": spec.trigger, "description": spec.description}
               for slug, spec in sorted(STYLES.items()) if (LORA_DIR / file_name(slug)).is_file()]
-    MANIFEST.write_text(json.dumps({"version": 1, "lora_steps": plan.lora_steps,
+    MANIFEST.write_text(json.dumps({"version": 1, "base": _base_key(),
+                                    "lora_steps": plan.lora_steps,
                                     "lora_batch": plan.lora_batch, "lora_lr": plan.lora_lr,
                                     "lora_rank": plan.lora_rank, "styles": styles}, indent=1))
     return MANIFEST
 
 
-def _base_steps() -> int | None:
-    """UNet steps of the shipped base, or None when there is none (resumable checkpoints in
+def _base_info() -> dict | None:
+    """The shipped base's build record, or None when there is none (resumable checkpoints in
     `plan.work` let a longer plan continue where the last one stopped)."""
     info = PIPELINE_DIR / "loratlas_starter.json"
     if not (PIPELINE_DIR / "model_index.json").is_file() or not info.is_file():
         return None
-    return json.loads(info.read_text()).get("unet_steps")
+    return json.loads(info.read_text())
+
+
+def _base_key() -> dict:
+    """What the style LoRAs depend on: a LoRA trained on another base is retrained."""
+    info = _base_info() or {}
+    return {k: info.get(k) for k in ("unet_steps", "prediction_type", "schedule_steps")}
 
 
 def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("clip", "base", "loras",
                                                                    "judges")) -> dict:
     """Run the stages in order; return seconds per stage."""
+    from styles.starter.base_model import SCHEDULE
+
     plan = plan or BuildPlan()
     plan.work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     for stage in stages:
         started = time.time()
-        if stage == "base" and _base_steps() != plan.unet_steps:
+        info = _base_info() or {}
+        if stage == "base" and info.get("unet_steps") != plan.unet_steps:
             from styles.starter.base_model import build_base
 
             build_base(PIPELINE_DIR, plan.work, plan.vae_steps, plan.unet_steps, plan.seed,
                        progress_factory=_bar)
+        elif stage == "base" and info.get("prediction_type") != SCHEDULE["prediction_type"]:
+            from styles.starter.base_model import convert_base
+
+            convert_base(PIPELINE_DIR, plan.work, plan.schedule_steps, plan.seed,
+                         progress=_bar("unet to zero-SNR v-prediction"))
         elif stage == "loras":
             build_loras(plan)
         elif stage == "clip" and not (CLIP_DIR / "open_clip_model.safetensors").is_file():

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 
 from styles.lora import LoraModule
-from styles.starter.base_model import NOISE
+from styles.starter.base_model import diffusion_loss
 from styles.starter.data import to_tensor_layout, world_batch
 from styles.starter.looks import STYLES
 from styles.writers import save_diffusers, save_kohya
@@ -71,14 +70,11 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    noise = DDPMScheduler(**NOISE)
+    noise = DDPMScheduler.from_config(pipe.scheduler.config)  # the base's own schedule
     generator = torch.Generator().manual_seed(seed)
     for step in range(steps):
         index = torch.randint(0, pool, (batch,), generator=generator)
-        x0, cond = latents[index], hidden[index]
-        eps = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, NOISE["num_train_timesteps"], (batch,), generator=generator)
-        loss = F.mse_loss(unet(noise.add_noise(x0, eps, t), t, cond).sample, eps)
+        loss = diffusion_loss(unet, noise, latents[index], hidden[index], generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
