@@ -139,6 +139,8 @@ def test_shipped_pipeline_loads_with_diffusers_and_is_the_starter_family():
     config = pipe.scheduler.config  # zero terminal SNR, v-prediction, sampled from the end
     assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
     assert config.timestep_spacing == "trailing"
+    for component in PIPELINE_DIR.glob("*/config.json"):  # no path of the machine it was built on
+        assert "_name_or_path" not in json.loads(component.read_text()), component
 
 
 @pytest.mark.skipif(not starter_loras(), reason="starter LoRAs not built")

@@ -250,6 +250,10 @@ def save_pipeline(folder: Path, vae, unet, text_encoder, tokenizer_dir: Path,
     pipe.to(torch.float16)
     tmp = folder.with_name(folder.name + ".tmp")
     pipe.save_pretrained(tmp)
+    for config in tmp.glob("*/config.json"):  # a component loaded from disk names its folder
+        fields = json.loads(config.read_text())
+        if fields.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
     (tmp / "loratlas_starter.json").write_text(json.dumps(info, indent=2))
     if folder.exists():
         import shutil

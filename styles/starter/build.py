@@ -30,7 +30,7 @@ class BuildPlan:
     vae_steps: int = 1200
     unet_steps: int = 5000
     schedule_steps: int = 1500  # fine-tuning an epsilon-prediction base into zero-SNR v-pred
-    lora_steps: int = 200
+    lora_steps: int = 400
     lora_batch: int = 8
     lora_lr: float = 3e-3
     lora_rank: int = 8
