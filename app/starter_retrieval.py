@@ -12,7 +12,7 @@ import numpy as np
 from app.library import ViewCache, build_retriever, load_styles, renders_id, word_view_for
 from fusion.engine import GenerationEngine
 from retrieval.embedders import Embedder
-from retrieval.retriever import StyleRetriever, calibrate, index_of
+from retrieval.retriever import StyleRetriever, calibrate, fit_threshold, index_of
 from retrieval.weight_encoder import WeightEncoder, train_weight_encoder
 from styles.lora import LoraFile
 from styles.starter.looks import STYLES
@@ -77,9 +77,11 @@ def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
     retriever.indexes["weights"] = index_of({s: encoder.embed([loras[s]])[0] for s in loras},
                                             embedder.version)
     nulls, positives = calibration_prompts()
-    calibrate(retriever, nulls, positives).save(CALIBRATION_FILE)
-    # calibrated on every LoRA's words; indexed, as in the app, only where the encoder is blind
+    calibrate(retriever, nulls, positives)
+    # view weights from every LoRA's words; indexed, as in the app, only where the encoder is
+    # blind, and the threshold fitted on the indexes as served
     retriever.indexes["words"].remove([s for s in loras if encoder.knows(loras[s])])
+    fit_threshold(retriever, nulls, positives).save(CALIBRATION_FILE)
     return retriever
 
 

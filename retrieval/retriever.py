@@ -273,16 +273,34 @@ def calibrate(retriever: StyleRetriever, null_prompts: Sequence[str],
         stds[view] = float((sims - sims.mean(axis=0)).std()) + 1e-6
     retriever.calibration = Calibration(means, stds, threshold=0.0)
     retriever.calibration.view_weights = view_weights(retriever, null_prompts, positives)
+    return fit_threshold(retriever, null_prompts, positives)
+
+
+def fit_threshold(retriever: StyleRetriever, null_prompts: Sequence[str],
+                  positives: Sequence[tuple[str, str]]) -> Calibration:
+    """The fused-score threshold that best separates positives from nulls, on the indexes as
+    they will be served (refit it after removing a view's entries)."""
     null_best = np.array([retriever.fused(p)[1].max() for p in null_prompts])
     positive_scores = []
     for prompt, style in positives:
         ids, scores, _ = retriever.fused(prompt)
         positive_scores.append(scores.max(axis=0)[ids.index(style)])
     candidates = np.linspace(0.5, 8.0, 76)
-    balanced = [(np.mean(np.array(positive_scores) >= t) + np.mean(null_best < t)) / 2
-                for t in candidates]
-    retriever.calibration.threshold = float(candidates[int(np.argmax(balanced))])
+    balanced = np.array([(np.mean(np.array(positive_scores) >= t) + np.mean(null_best < t)) / 2
+                         for t in candidates])
+    retriever.calibration.threshold = plateau_middle(candidates, balanced)
     return retriever.calibration
+
+
+def plateau_middle(candidates: np.ndarray, accuracy: np.ndarray) -> float:
+    """The middle of the run of candidates around the first best accuracy: with a few hundred
+    calibration prompts many thresholds tie, and the lowest of them sits right on the nulls'
+    edge, where prompts unlike the calibration's spill over it."""
+    first = int(np.argmax(accuracy))
+    last = first
+    while last + 1 < len(accuracy) and accuracy[last + 1] >= accuracy[first] - 1e-9:
+        last += 1
+    return float(candidates[(first + last) // 2])
 
 
 def view_weights(retriever: StyleRetriever, null_prompts: Sequence[str],

@@ -111,3 +111,12 @@ def test_service_retrieves_starter_styles_with_reasons():
     assert result.hits and result.hits[0]["slug"] == "pixel-art"
     assert result.hits[0]["reasons"]["views"]
     assert service.retrieve("a red star").hits == []
+
+
+def test_threshold_sits_in_the_middle_of_tied_best_candidates():
+    from retrieval.retriever import plateau_middle
+
+    candidates = np.linspace(0.5, 3.0, 6)  # 0.5 1.0 1.5 2.0 2.5 3.0
+    assert plateau_middle(candidates, np.array([.5, .9, 1., 1., 1., .7])) == 2.0
+    assert plateau_middle(candidates, np.array([.5, 1., .9, 1., .8, .7])) == 1.0  # first run
+    assert plateau_middle(candidates, np.array([.5, .6, .7, .8, .9, 1.])) == 3.0
