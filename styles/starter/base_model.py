@@ -191,11 +191,12 @@ def encode_pool(vae, tokenizer, size: int, seed: int, batch: int = 256
 
 def train_unet(work: Path, vae, tokenizer, text_encoder, steps: int = 2500, batch: int = 32,
                seed: int = 0, pool_size: int = 24000, progress: Progress | None = None,
-               start_from=None, lr: float = 4e-4, checkpoint: str = "unet.pt"):
+               start_from=None, lr: float = 4e-4, checkpoint: str = "unet-vpred.pt"):
     """The UNet, trained with the diffusion loss (zero terminal SNR, v-prediction) under the
     frozen text encoder; 10% empty captions teach the unconditional branch classifier-free
     guidance needs. `start_from` (a UNet) fine-tunes it instead of starting from scratch, as
-    the shipped base was moved from epsilon-prediction to this schedule."""
+    the shipped base was moved from epsilon-prediction to this schedule. The checkpoint's name
+    is the schedule's, so an epsilon run's `unet.pt` is never resumed under this loss."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -294,7 +295,7 @@ def convert_base(folder: Path, work: Path, steps: int, seed: int = 0,
     info = json.loads((folder / "loratlas_starter.json").read_text())
     unet = train_unet(work, pipe.vae, pipe.tokenizer, pipe.text_encoder, steps, seed=seed + 7,
                       progress=progress, start_from=pipe.unet, lr=2e-4,
-                      checkpoint="unet_vpred.pt")
+                      checkpoint="unet-convert.pt")
     info.update(prediction_type=SCHEDULE["prediction_type"], schedule_steps=steps,
                 schedule_seconds=round(time.time() - started, 1))
     tokenizer_dir = write_clip_tokenizer_files(work / "tokenizer")
