@@ -124,27 +124,30 @@ def _base_key() -> dict:
     return {k: info.get(k) for k in ("unet_steps", "prediction_type", "schedule_steps")}
 
 
+def _build_or_convert_base(plan: BuildPlan) -> None:
+    """Train the base when there is none (or for other UNet steps); fine-tune an
+    epsilon-prediction base into the zero-SNR v-prediction schedule; else keep it."""
+    from styles.starter.base_model import SCHEDULE, build_base, convert_base
+
+    info = _base_info() or {}
+    if info.get("unet_steps") != plan.unet_steps:
+        build_base(PIPELINE_DIR, plan.work, plan.vae_steps, plan.unet_steps, plan.seed,
+                   progress_factory=_bar)
+    elif info.get("prediction_type") != SCHEDULE["prediction_type"]:
+        convert_base(PIPELINE_DIR, plan.work, plan.schedule_steps, plan.seed,
+                     progress=_bar("unet to zero-SNR v-prediction"))
+
+
 def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("clip", "base", "loras",
                                                                    "judges")) -> dict:
     """Run the stages in order; return seconds per stage."""
-    from styles.starter.base_model import SCHEDULE
-
     plan = plan or BuildPlan()
     plan.work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     for stage in stages:
         started = time.time()
-        info = _base_info() or {}
-        if stage == "base" and info.get("unet_steps") != plan.unet_steps:
-            from styles.starter.base_model import build_base
-
-            build_base(PIPELINE_DIR, plan.work, plan.vae_steps, plan.unet_steps, plan.seed,
-                       progress_factory=_bar)
-        elif stage == "base" and info.get("prediction_type") != SCHEDULE["prediction_type"]:
-            from styles.starter.base_model import convert_base
-
-            convert_base(PIPELINE_DIR, plan.work, plan.schedule_steps, plan.seed,
-                         progress=_bar("unet to zero-SNR v-prediction"))
+        if stage == "base":
+            _build_or_convert_base(plan)
         elif stage == "loras":
             build_loras(plan)
         elif stage == "clip" and not (CLIP_DIR / "open_clip_model.safetensors").is_file():
