@@ -24,10 +24,12 @@ PROBE_PROMPTS = ("a red circle", "a blue square", "a green star", "a yellow hear
 PROBE_STEPS = 8  # DPM-Solver: as good as 12 at 64x64 (docs/probe_steps.png)
 
 
-def renders_id(base_id: str) -> str:
-    """Id of what probe renders depend on: the base model and the probe settings. Caches of
-    probe vectors and indexes holding them are keyed by it, so changing either rebuilds them."""
-    digest = hashlib.sha256(repr((PROBE_PROMPTS, PROBE_STEPS)).encode()).hexdigest()[:6]
+def renders_id(base_id: str, guidance: float) -> str:
+    """Id of what probe renders depend on: the base model, the guidance scale it renders at
+    and the probe settings. Caches of probe vectors and indexes holding them are keyed by it,
+    so changing any of them rebuilds them."""
+    digest = hashlib.sha256(repr((PROBE_PROMPTS, PROBE_STEPS, float(guidance))).encode()
+                            ).hexdigest()[:6]
     return f"{base_id}-p{digest}"
 
 

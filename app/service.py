@@ -84,7 +84,7 @@ class GenerateRequest:
     num_images: int = 1
     width: int | None = None
     height: int | None = None
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None: the base model's recommended scale
     negative_prompt: str = ""
     apply: str = "adapters"
     mode: str = "merge"  # merge | switch | composite | cmlora | gated
@@ -208,7 +208,7 @@ class LoratlasService:
         return Path(data) / "loratlas" / "library"
 
     def _open_library(self) -> StyleLibrary:
-        from app.library import ViewCache, renders_id, word_view_for
+        from app.library import ViewCache, word_view_for
         from app.style_library import LibraryParts, StyleLibrary, seed_from_starter
         from retrieval.embedders import starter_embedder
         from retrieval.retriever import Calibration
@@ -228,7 +228,7 @@ class LoratlasService:
                 encoder = WeightEncoder.load(STARTER_DIR / "weight_encoder")
             if (STARTER_DIR / "retrieval_calibration.json").is_file():
                 calibration = Calibration.load(STARTER_DIR / "retrieval_calibration.json")
-        base_id = renders_id(base_fingerprint(engine.base.source))
+        base_id = renders_key(engine)
         word_view = None
         if self.uses_starter:  # shipped, fitted on the pack's LoRAs
             from app.starter_retrieval import starter_word_view_file
@@ -562,6 +562,13 @@ def _version() -> str:
         return version("loratlas")
     except PackageNotFoundError:
         return "unknown"
+
+
+def renders_key(engine: GenerationEngine) -> str:
+    """What the engine's probe renders depend on (app.library.renders_id)."""
+    from app.library import renders_id
+
+    return renders_id(base_fingerprint(engine.base.source), engine.base.guidance_scale)
 
 
 def base_fingerprint(source: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.library import ViewCache, build_retriever, load_styles, renders_id, word_view_for
+from app.library import ViewCache, build_retriever, load_styles, word_view_for
 from fusion.engine import GenerationEngine
 from retrieval.embedders import Embedder
 from retrieval.retriever import StyleRetriever, calibrate, fit_threshold, index_of
@@ -87,9 +87,8 @@ def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
 
 def rebuild_for(service) -> StyleRetriever:
     """The starter artifacts for the service's (starter) base model."""
-    from app.service import base_fingerprint
+    from app.service import renders_key
     from retrieval.embedders import starter_embedder
 
     engine = service.engine
-    return build_starter_retrieval(engine, starter_embedder(),
-                                   renders_id(base_fingerprint(engine.base.source)))
+    return build_starter_retrieval(engine, starter_embedder(), renders_key(engine))

@@ -22,8 +22,8 @@ import time
 import numpy as np
 from common import RESULTS, ROOT, machine_line
 
-from app.library import load_styles, renders_id
-from app.service import LoratlasService, ServiceConfig, base_fingerprint
+from app.library import load_styles
+from app.service import LoratlasService, ServiceConfig, renders_key
 from app.starter_retrieval import (
     rebuild_for,
     starter_word_view_file,
@@ -144,8 +144,8 @@ def main() -> None:
     table = {"fused": evaluate(retriever, rows)}
     for view in ("metadata", "probes", "weights"):
         table[view] = evaluate(view_only(retriever, view), rows)
-    word_view = WordView.load(starter_word_view_file(retriever.embedder, renders_id(
-        base_fingerprint(service.engine.base.source))), retriever.embedder.version)
+    word_view = WordView.load(starter_word_view_file(retriever.embedder, renders_key(
+        service.engine)), retriever.embedder.version)
     words = words_leave_one_out(word_view, loras)
     table["words (unseen)"] = evaluate(StyleRetriever.from_vectors(
         retriever.embedder, retriever.records, {"words": words}, retriever.calibration), rows)

@@ -13,6 +13,8 @@ from styles.architectures import ModuleTable
 from styles.families import CROSS_ATTENTION_WIDTH
 
 log = logging.getLogger(__name__)
+DEFAULT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default
+SAMPLING_DEFAULTS = "loratlas_starter.json"  # a model folder's own card may recommend another
 
 
 class BaseModelError(Exception):
@@ -29,6 +31,7 @@ class BaseModel:
     table: ModuleTable
     device: str
     dtype: torch.dtype
+    guidance_scale: float = DEFAULT_GUIDANCE  # what a request gets unless it names one
 
     @property
     def components(self) -> dict[str, torch.nn.Module]:
@@ -99,7 +102,23 @@ def load_base(source: str | Path, device: str | None = None, config: str | Path 
     components = {n: getattr(pipe, n) for n in ("unet", "text_encoder", "text_encoder_2")
                   if getattr(pipe, n, None) is not None}
     return BaseModel(pipe, str(source), family, ModuleTable.from_components(family, components),
-                     device, dtype)
+                     device, dtype, recommended_guidance(path))
+
+
+def recommended_guidance(folder: Path) -> float:
+    """The guidance scale the model's card in `folder` recommends, else diffusers' default.
+
+    The starter pack records its own: a small model trained with 10% empty captions draws
+    its content and its LoRAs' styles best at a lower scale than Stable Diffusion's 7.5
+    (benchmarks/results/guidance.md)."""
+    card = folder / SAMPLING_DEFAULTS
+    if not card.is_file():
+        return DEFAULT_GUIDANCE
+    value = json.loads(card.read_text()).get("guidance_scale", DEFAULT_GUIDANCE)
+    if not isinstance(value, int | float) or not 1.0 <= value <= 30.0:
+        raise BaseModelError(f"{card}: 'guidance_scale' must be a number from 1 to 30, "
+                             f"not {value!r}; fix or remove it.")
+    return float(value)
 
 
 def _enable_xformers(pipe: object) -> None:

@@ -117,6 +117,8 @@ class GenerationEngine:
         for side in ("width", "height"):  # the base model's native size unless asked
             if not settings.get(side):
                 settings[side] = self.native_size
+        if settings.get("guidance_scale") is None:  # the base model's recommended scale
+            settings["guidance_scale"] = self.base.guidance_scale
         return Recipe(prompt=prompt, base_model=self.base.source, base_family=self.base.family,
                       scheduler=type(self.base.pipe.scheduler).__name__, loras=loras, **settings)
 
@@ -148,7 +150,7 @@ class GenerationEngine:
         if not alike or first.num_images != 1:
             raise ValueError("generate_many takes recipes that differ only in prompt and seed, "
                              "one image each")
-        learned = first.mode == "gated" and self.gate_network is not None  # gates per prompt
+        learned = first.mode == "gated" and self._blends(uses)  # gates per prompt
         if first.mode in ("composite", "cmlora") or learned or len(recipes) == 1:
             outputs = [self.generate(r, uses, output_type=output_type) for r in recipes]
             return GenerationOutput([o.images[0] for o in outputs],
@@ -173,8 +175,7 @@ class GenerationEngine:
                              f"has '{have}': load the same gates to replay it")
         # 2. frequency profiles for the modes that use them (measured once per file)
         profiles = None
-        if (recipe.mode == "cmlora" and len(uses) > 1) or (recipe.mode == "gated" and (
-                len(uses) > 1 or self.gate_network is not None)):
+        if recipe.mode in ("cmlora", "gated") and len(uses) > 1:
             profiles = [self.profile(u) for u in uses]
         start = time.perf_counter()
         with self._lock:
@@ -236,6 +237,11 @@ class GenerationEngine:
                    if batch else [recipe.for_image(i) for i in range(len(images))])
         return GenerationOutput(images, recipes, seconds, gates, passes)
 
+    def _blends(self, uses: list[LoraUse]) -> bool:
+        """Whether the learned gates weigh these LoRAs: only two or more are blended; one LoRA
+        alone runs at its own weight (and schedule), exactly as merge runs it."""
+        return self.gate_network is not None and len(uses) > 1
+
     def _gates(self, recipe: Recipe, uses: list[LoraUse], active: list[ActiveLora],
                profiles: list | None) -> tuple[GateTable, list[str]]:
         """The gate table of a gated request: user schedule, else learned, else prior."""
@@ -244,7 +250,7 @@ class GenerationEngine:
         targets = self._unet_targets(active)
         user = merge.tabulate([a.adapter for a in active], targets)
         learned = None
-        if self.gate_network is not None and not all(u.user_schedule for u in uses):
+        if self._blends(uses) and not all(u.user_schedule for u in uses):
             learned = self._learned_gates(recipe, uses, profiles, targets)
         scores = [high_frequency_score(p) for p in profiles] if profiles else None
         table, sources = gate_table(user, [u.user_schedule for u in uses],

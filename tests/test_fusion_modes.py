@@ -235,6 +235,23 @@ def test_gated_with_an_untrained_network_is_exactly_merge(tiny_base, engine, lor
     assert GenerationEngine(tiny_base, gate_network=mismatched).gate_network is None
 
 
+def test_learned_gates_blend_several_loras_and_leave_one_alone(tiny_base, loras):
+    config = GateNetworkConfig(text_dim=tiny_base.pipe.text_encoder.config.hidden_size,
+                               lora_dim=17, base_fingerprint=base_fingerprint(tiny_base.pipe))
+    network = GateNetwork(config)
+    with torch.no_grad():
+        network.mlp[-1].bias.fill_(2.0)  # gates well away from 1
+    learned = GenerationEngine(tiny_base, gate_network=network)
+    pair = [LoraUse(loras[0], "a", 0.8), LoraUse(loras[2], "c", 0.7)]
+    blended = _out(learned, pair, "gated")
+    assert blended.gates.sources == ["learned", "learned"]
+    assert not np.isclose(blended.gates.values, 1.0).all()
+    assert not np.array_equal(_pixels(blended), _pixels(_out(learned, pair)))
+    alone = _out(learned, pair[:1], "gated")  # nothing to blend: the LoRA at its own weight
+    assert alone.gates.sources == ["prior"] and np.allclose(alone.gates.values, 0.8)
+    assert np.array_equal(_pixels(alone), _pixels(_out(learned, pair[:1])))
+
+
 def test_recipe_accepts_new_modes_and_checks_their_settings():
     recipe = Recipe("p", "b", "sd1", mode="gated", apply="fused")
     assert Recipe.from_json(recipe.to_json()).mode == "gated"

@@ -205,16 +205,17 @@ def test_frequency_profiles_are_measured_once_and_kept_with_the_style(service, f
 
 def test_probe_settings_are_part_of_the_cache_key(monkeypatch):
     """Probe vectors and the indexes holding them are keyed by what renders them: changing the
-    probe prompts or steps must not reuse vectors made with the old ones."""
+    probe prompts, steps or guidance must not reuse vectors made with the old ones."""
     import app.library as library
 
-    key = library.renders_id("abc")
-    assert key.startswith("abc-p") and key == library.renders_id("abc")
+    key = library.renders_id("abc", 7.5)
+    assert key.startswith("abc-p") and key == library.renders_id("abc", 7.5)
+    assert library.renders_id("abc", 2.0) != key  # the guidance scale they render at
     monkeypatch.setattr(library, "PROBE_STEPS", library.PROBE_STEPS + 1)
-    assert library.renders_id("abc") != key
+    assert library.renders_id("abc", 7.5) != key
     monkeypatch.undo()
     monkeypatch.setattr(library, "PROBE_PROMPTS", library.PROBE_PROMPTS[:-1])
-    assert library.renders_id("abc") != key
+    assert library.renders_id("abc", 7.5) != key
 
 
 def test_a_refusal_names_the_file_as_the_user_named_it(service, tmp_path):

@@ -135,7 +135,9 @@ def test_shipped_pipeline_loads_with_diffusers_and_is_the_starter_family():
 
     pipe = StableDiffusionPipeline.from_pretrained(PIPELINE_DIR)
     assert pipe.tokenizer("a red star").input_ids == [49406, 320, 736, 1565, 49407]
-    assert load_base(PIPELINE_DIR, device="cpu").family == "starter"
+    base = load_base(PIPELINE_DIR, device="cpu")
+    assert base.family == "starter"
+    assert base.guidance_scale == base_model.GUIDANCE < 7.5  # the pack's card, read by the loader
     config = pipe.scheduler.config  # zero terminal SNR, v-prediction, sampled from the end
     assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
     assert config.timestep_spacing == "trailing"

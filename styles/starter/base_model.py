@@ -45,6 +45,9 @@ NOISE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 # then starts from the last timestep ("trailing" spacing).
 SCHEDULE = dict(NOISE, rescale_betas_zero_snr=True, prediction_type="v_prediction")
 SAMPLING = dict(SCHEDULE, timestep_spacing="trailing")
+# The guidance scale the pack recommends (read by fusion.base.recommended_guidance): this small
+# model draws content and its LoRAs' styles best well below SD's 7.5 (benchmarks/guidance.py).
+GUIDANCE = 2.0
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
 
@@ -255,6 +258,7 @@ def save_pipeline(folder: Path, vae, unet, text_encoder, tokenizer_dir: Path,
         fields = json.loads(config.read_text())
         if fields.pop("_name_or_path", None) is not None:
             config.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+    info = {**info, "guidance_scale": GUIDANCE}
     (tmp / "loratlas_starter.json").write_text(json.dumps(info, indent=2))
     if folder.exists():
         import shutil
