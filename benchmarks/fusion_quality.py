@@ -210,7 +210,8 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
         machine_line(), f"Command: `{command}` ({minutes:.0f} min, 1 torch thread, machine "
         "shared with training jobs).", "",
         "Starter base model and style LoRAs (each at weight 1.0), "
-        f"{args.steps} DPM-Solver steps, guidance 7.5, 64×64; judges from "
+        f"{args.steps} DPM-Solver steps, guidance {bench.engine.base.guidance_scale:g} (the "
+        "pack's recommended scale), 64×64; judges from "
         "`styles/data/starter/judges/`. Prompts: `styled_caption` of a fresh one-object scene "
         f"(seeds ≥ {SEED}) for style sets held out from gate training "
         + ("(the split recorded in `styles/data/starter/gates/gates.json`)" if gates else
