@@ -3,7 +3,7 @@ over the denoising steps): does applying it more strongly late, where texture is
 bring out its style without costing the content? CMLoRA's premise, on this pack.
 
 Style detected and content right (judges from the starter pack), per style and schedule, on
-the same held-out prompts and seeds; 20 DPM-Solver steps, guidance 7.5.
+the same held-out prompts and seeds; 20 DPM-Solver steps, the pack's recommended guidance.
 
     .venv/bin/python benchmarks/step_schedules.py [--prompts 12]
 """
@@ -58,7 +58,8 @@ def main() -> None:
     lines = ["# One style LoRA under per-step weight schedules", "", machine_line(),
              f"Command: `.venv/bin/python benchmarks/step_schedules.py --prompts {args.prompts}`",
              "", f"{args.prompts} held-out prompts per style (none naming a background), the "
-             f"same seeds for every schedule; {args.steps} DPM-Solver steps, guidance 7.5. "
+             f"same seeds for every schedule; {args.steps} DPM-Solver steps, guidance "
+             f"{service.engine.base.guidance_scale:g} (the pack's recommended scale). "
              "A schedule's keyframes are spread evenly over the steps and interpolated "
              "(`fusion/weights.py: step_weight`). Each cell: style detected / content right "
              "(shape, and color where the style keeps it). With 12 prompts one image is 8 "
