@@ -99,7 +99,7 @@ def main() -> None:
             detected, right = judge_style(service, judges, slug, args.per_style, args.steps)
             rows.append((slug, detected, right, slug in judges.color_preserving_styles))
 
-    # 3. the CLI, as a user runs it
+    # the CLI, as a user runs it
     run = subprocess.run([sys.executable, "-m", "app.cli", "generate", "a red star", "--json",
                           "--out", str(ROOT / ".cache" / "bench-out")], capture_output=True,
                          text=True, cwd=ROOT)
