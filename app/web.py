@@ -112,7 +112,8 @@ class WebApp:
         styles = [{"slug": lora.ref, "name": lora.ref, "weight": lora.weight,
                    "reasons": "from the recipe", "origin": "manual"} for lora in recipe.loras]
         return (*self._result_outputs(result, folder), recipe.prompt, styles, recipe.mode,
-                recipe.steps, recipe.seed, f"{recipe.width}x{recipe.height}", recipe.num_images)
+                recipe.steps, recipe.seed, f"{recipe.width}x{recipe.height}", recipe.num_images,
+                recipe.prompt)  # last: the prompt the page set itself (no suggestions for it)
 
     def _result_outputs(self, result, folder: Path):
         recipe_text = json.dumps(result.recipe, indent=2)
@@ -126,9 +127,12 @@ class WebApp:
         return gallery, recipe_text, str(recipe_file), heatmap, gate_map
 
     # -- Create: page-only helpers (not API) -------------------------------------------------
-    def retrieve_as_you_type(self, prompt: str) -> tuple[dict | None, str]:
-        """Like retrieve, but quiet: a message instead of an error while the user types."""
-        if not prompt or len(prompt.strip()) < 3:
+    def retrieve_as_you_type(self, prompt: str, set_by_page: str | None = None
+                             ) -> tuple[dict | None, str]:
+        """Like retrieve, but quiet: a message instead of an error while the user types or
+        pastes; nothing for a prompt the page itself filled in (a replayed recipe keeps its
+        own styles)."""
+        if not prompt or len(prompt.strip()) < 3 or prompt == set_by_page:
             return None, ""
         try:
             return self.retrieve(prompt), ""
@@ -361,6 +365,7 @@ class WebApp:
                                         file_types=RECIPE_TYPES, type="filepath")
                     replay = gr.Button("Replay", elem_id="replay")
         dismissed = gr.State([])
+        replayed = gr.State("")  # the prompt a replay put in the box
         hits = gr.JSON(visible=False)
         k = gr.Number(value=3, precision=0, visible=False)
 
@@ -368,9 +373,11 @@ class WebApp:
                    concurrency_id="light").then(
             self.merge_hits, [hits, styles, dismissed], [styles, status],
             api_visibility="private")
-        prompt.input(self.retrieve_as_you_type, prompt, [hits, status], trigger_mode="always_last",
-                     show_progress="hidden", api_visibility="private",
-                     concurrency_id="light").then(
+        # .change, not .input: Gradio's textbox sends `input` from key events only, so a
+        # prompt pasted with the mouse would get no suggestions
+        prompt.change(self.retrieve_as_you_type, [prompt, replayed], [hits, status],
+                      trigger_mode="always_last", show_progress="hidden",
+                      api_visibility="private", concurrency_id="light").then(
             self.merge_hits, [hits, styles, dismissed], [styles, status],
             api_visibility="private", show_progress="hidden")
         styles.change(slot_updates(slots), styles, self._slot_outputs(slots),
@@ -390,7 +397,7 @@ class WebApp:
             concurrency_id="generate", concurrency_limit=1).then(
             show_gate_map, gate_json, gate_image, api_visibility="private", queue=False)
         form = [prompt, styles, mode, steps, seed, size, count]
-        replay.click(self.replay, recipe_in, [*results, *form],
+        replay.click(self.replay, recipe_in, [*results, *form, replayed],
                      api_name="replay", concurrency_id="generate", concurrency_limit=1).then(
             show_gate_map, gate_json, gate_image, api_visibility="private", queue=False)
         return {"styles": styles, "dismissed": dismissed, "add": add}

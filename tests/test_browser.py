@@ -85,6 +85,12 @@ def test_type_a_prompt_and_generate(page):
     shot(page, "create_generated")
 
 
+def test_a_pasted_prompt_gets_suggestions(page):
+    """A prompt that arrives in one piece (pasted with the mouse: no key events) is read too."""
+    page.fill("#prompt textarea", "a blue circle glowing like neon tubes at night")
+    playwright.expect(page.locator("#style-label-0")).to_contain_text("neon-night")
+
+
 def test_open_the_atlas_and_use_a_style(page, service):
     page.get_by_role("tab", name="Atlas").click()
     page.wait_for_selector("#atlas-map .atlas, #atlas-map .atlas-empty")

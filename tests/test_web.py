@@ -100,6 +100,9 @@ def test_replay_reloads_a_recipe_png_and_fills_the_form(app, fake):
     assert fake.calls[-1][0] == "replay"
     prompt, styles, mode, steps, seed = out[5:10]
     assert (prompt, mode, steps, seed) == ("a green star", "merge", 3, 9)
+    assert out[-1] == "a green star"  # the page's own prompt: suggestions leave it alone
+    assert app.retrieve_as_you_type(prompt, set_by_page=out[-1]) == (None, "")
+    assert app.retrieve_as_you_type(prompt + ", neon", set_by_page=out[-1])[0] is not None
     assert styles[0]["slug"] == "pixel-art" and styles[0]["weight"] == 0.5
     with pytest.raises(gr.Error, match="not a Loratlas recipe"):
         bad = fake.folder / "x.json"
