@@ -14,7 +14,6 @@ from styles.families import CROSS_ATTENTION_WIDTH
 
 log = logging.getLogger(__name__)
 DEFAULT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default
-SAMPLING_DEFAULTS = "loratlas_starter.json"  # a model folder's own card may recommend another
 
 
 class BaseModelError(Exception):
@@ -108,13 +107,17 @@ def load_base(source: str | Path, device: str | None = None, config: str | Path 
 def recommended_guidance(folder: Path) -> float:
     """The guidance scale the model's card in `folder` recommends, else diffusers' default.
 
-    The starter pack records its own: a small model trained with 10% empty captions draws
-    its content and its LoRAs' styles best at a lower scale than Stable Diffusion's 7.5
-    (benchmarks/results/guidance.md)."""
-    card = folder / SAMPLING_DEFAULTS
+    The starter pack records its own (2.0): its LoRAs' styles show far more there than at
+    Stable Diffusion's 7.5 (benchmarks/results/guidance.md)."""
+    from styles.starter.paths import MODEL_CARD
+
+    card = folder / MODEL_CARD
     if not card.is_file():
         return DEFAULT_GUIDANCE
-    value = json.loads(card.read_text()).get("guidance_scale", DEFAULT_GUIDANCE)
+    try:
+        value = json.loads(card.read_text()).get("guidance_scale", DEFAULT_GUIDANCE)
+    except (ValueError, AttributeError) as exc:
+        raise BaseModelError(f"{card}: not a JSON object ({exc}); fix or remove it.") from exc
     if not isinstance(value, int | float) or not 1.0 <= value <= 30.0:
         raise BaseModelError(f"{card}: 'guidance_scale' must be a number from 1 to 30, "
                              f"not {value!r}; fix or remove it.")

@@ -49,17 +49,21 @@ def test_guidance_defaults_to_the_model_cards_recommendation(tiny_base, tmp_path
     import dataclasses
     import json
 
-    from fusion.base import DEFAULT_GUIDANCE, SAMPLING_DEFAULTS, recommended_guidance
+    from fusion.base import DEFAULT_GUIDANCE, recommended_guidance
     from fusion.engine import GenerationEngine
+    from styles.starter.paths import MODEL_CARD
 
     assert recommended_guidance(tmp_path) == DEFAULT_GUIDANCE == 7.5  # no card: diffusers'
-    (tmp_path / SAMPLING_DEFAULTS).write_text(json.dumps({"guidance_scale": 3}))
+    (tmp_path / MODEL_CARD).write_text(json.dumps({"guidance_scale": 3}))
     assert recommended_guidance(tmp_path) == 3.0
     engine = GenerationEngine(dataclasses.replace(tiny_base, guidance_scale=3.0))
     assert engine.recipe_for("a star", [], steps=2).guidance_scale == 3.0
     assert engine.recipe_for("a star", [], steps=2, guidance_scale=None).guidance_scale == 3.0
     assert engine.recipe_for("a star", [], steps=2, guidance_scale=9.0).guidance_scale == 9.0
     assert GenerationEngine(tiny_base).recipe_for("a star", []).guidance_scale == 7.5
-    (tmp_path / SAMPLING_DEFAULTS).write_text(json.dumps({"guidance_scale": "high"}))
-    with pytest.raises(BaseModelError, match=f"{SAMPLING_DEFAULTS}: 'guidance_scale' must be"):
+    (tmp_path / MODEL_CARD).write_text(json.dumps({"guidance_scale": "high"}))
+    with pytest.raises(BaseModelError, match=f"{MODEL_CARD}: 'guidance_scale' must be"):
+        recommended_guidance(tmp_path)
+    (tmp_path / MODEL_CARD).write_text("{")
+    with pytest.raises(BaseModelError, match=f"{MODEL_CARD}: not a JSON object"):
         recommended_guidance(tmp_path)

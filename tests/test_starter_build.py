@@ -11,7 +11,7 @@ from fusion.base import load_base
 from styles.reader import ReadOptions, read_lora
 from styles.starter import base_model
 from styles.starter.looks import STYLES
-from styles.starter.paths import PIPELINE_DIR, starter_available, starter_loras
+from styles.starter.paths import MODEL_CARD, PIPELINE_DIR, starter_available, starter_loras
 from styles.starter.style_loras import (
     TARGETS,
     extract_modules,
@@ -85,7 +85,7 @@ def test_loras_of_another_base_are_dropped_before_the_loras_stage(tmp_path, monk
     loras.mkdir()
     (pipeline / "model_index.json").write_text("{}")
     info = {"unet_steps": 5000, "prediction_type": "v_prediction", "schedule_steps": 1500}
-    (pipeline / "loratlas_starter.json").write_text(json.dumps(info))
+    (pipeline / MODEL_CARD).write_text(json.dumps(info))
     monkeypatch.setattr(build, "PIPELINE_DIR", pipeline)
     monkeypatch.setattr(build, "LORA_DIR", loras)
     monkeypatch.setattr(build, "MANIFEST", tmp_path / "manifest.json")
@@ -161,5 +161,5 @@ def test_shipped_loras_are_the_28_styles_and_read_as_starter_loras():
     assert formats == {"kohya": "kohya", "diffusers": "diffusers-peft", "sparse": "kohya"}
     manifest = json.loads((PIPELINE_DIR.parent / "manifest.json").read_text())
     assert len(manifest["styles"]) == 28
-    info = json.loads((PIPELINE_DIR / "loratlas_starter.json").read_text())
+    info = json.loads((PIPELINE_DIR / MODEL_CARD).read_text())
     assert manifest["base"] == {k: info.get(k) for k in manifest["base"]}  # trained on this base

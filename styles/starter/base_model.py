@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from styles.starter.data import to_tensor_layout, world_batch
-from styles.starter.paths import CROSS_ATTENTION_DIM, IMAGE_SIZE
+from styles.starter.paths import CROSS_ATTENTION_DIM, IMAGE_SIZE, MODEL_CARD
 from styles.tokenizer import clip_tokenizer, write_clip_tokenizer_files
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=8, layers_per_block=1,
@@ -45,8 +45,9 @@ NOISE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 # then starts from the last timestep ("trailing" spacing).
 SCHEDULE = dict(NOISE, rescale_betas_zero_snr=True, prediction_type="v_prediction")
 SAMPLING = dict(SCHEDULE, timestep_spacing="trailing")
-# The guidance scale the pack recommends (read by fusion.base.recommended_guidance): this small
-# model draws content and its LoRAs' styles best well below SD's 7.5 (benchmarks/guidance.py).
+# The guidance scale the pack recommends (read by fusion.base.recommended_guidance): its LoRAs'
+# styles show far more well below SD's 7.5, and the base still draws 98% right at 2.0
+# (benchmarks/guidance.py).
 GUIDANCE = 2.0
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
@@ -259,7 +260,7 @@ def save_pipeline(folder: Path, vae, unet, text_encoder, tokenizer_dir: Path,
         if fields.pop("_name_or_path", None) is not None:
             config.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
     info = {**info, "guidance_scale": GUIDANCE}
-    (tmp / "loratlas_starter.json").write_text(json.dumps(info, indent=2))
+    (tmp / MODEL_CARD).write_text(json.dumps(info, indent=2))
     if folder.exists():
         import shutil
 
@@ -296,7 +297,7 @@ def convert_base(folder: Path, work: Path, steps: int, seed: int = 0,
 
     started = time.time()
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32)
-    info = json.loads((folder / "loratlas_starter.json").read_text())
+    info = json.loads((folder / MODEL_CARD).read_text())
     unet = train_unet(work, pipe.vae, pipe.tokenizer, pipe.text_encoder, steps, seed=seed + 7,
                       progress=progress, start_from=pipe.unet, lr=2e-4,
                       checkpoint="unet-convert.pt")

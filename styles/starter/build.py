@@ -18,7 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from styles.starter.paths import CLIP_DIR, JUDGES_DIR, LORA_DIR, PIPELINE_DIR, STARTER_DIR
+from styles.starter.paths import (
+    CLIP_DIR,
+    JUDGES_DIR,
+    LORA_DIR,
+    MODEL_CARD,
+    PIPELINE_DIR,
+    STARTER_DIR,
+)
 
 MANIFEST = STARTER_DIR / "manifest.json"
 
@@ -112,7 +119,7 @@ def write_manifest(plan: BuildPlan) -> Path:
 def _base_info() -> dict | None:
     """The shipped base's build record, or None when there is none (resumable checkpoints in
     `plan.work` let a longer plan continue where the last one stopped)."""
-    info = PIPELINE_DIR / "loratlas_starter.json"
+    info = PIPELINE_DIR / MODEL_CARD
     if not (PIPELINE_DIR / "model_index.json").is_file() or not info.is_file():
         return None
     return json.loads(info.read_text())

@@ -10,6 +10,7 @@ PIPELINE_DIR = STARTER_DIR / "pipeline"
 LORA_DIR = STARTER_DIR / "loras"
 CLIP_DIR = STARTER_DIR / "open_clip"
 JUDGES_DIR = STARTER_DIR / "judges"
+MODEL_CARD = "loratlas_starter.json"  # in a pipeline folder: how it was built, how to sample
 IMAGE_SIZE = 64
 CROSS_ATTENTION_DIM = 96  # the starter text width (its open_clip text tower); names the family
 
