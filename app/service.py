@@ -17,7 +17,7 @@ from app.library_api import (
     StyleSummary,
     UploadReport,
 )
-from fusion.base import BaseModel, load_base
+from fusion.base import BaseModel, BaseModelError, load_base
 from fusion.engine import GenerationEngine, LoraUse
 from fusion.recipe import Recipe, RecipeLora, save_png
 from styles.errors import LoraRefused
@@ -152,7 +152,10 @@ class LoratlasService:
         with self._load_lock:
             if self._engine is None:
                 source = self.config.base_model or str(self.default_base())
-                self._base = load_base(source, self.config.device, self.config.base_config)
+                try:
+                    self._base = load_base(source, self.config.device, self.config.base_config)
+                except BaseModelError as exc:  # a request's error, with what to change
+                    raise ServiceError(str(exc)) from exc
                 self._engine = GenerationEngine(self._base)
             return self._engine
 

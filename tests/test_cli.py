@@ -70,6 +70,17 @@ def test_generate_reports_a_missing_lora(tiny_pipeline_dir, tmp_path):
     assert "'nope' is neither a file nor a style" in json.loads(run.stdout)["error"]
 
 
+def test_generate_reports_a_base_model_it_cannot_load(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(tiny_pipeline_dir, tmp_path / "base")
+    (folder / "loratlas_starter.json").write_text('{"guidance_scale": "high"}')
+    run = loratlas("generate", "a star", "--base-model", str(folder), "--steps", "1",
+                   "--out", str(tmp_path), "--json")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "'guidance_scale' must be a number" in json.loads(run.stdout)["error"]
+
+
 def test_library_commands_import_list_show_edit_remove(tiny_base, tiny_pipeline_dir, tmp_path):
     incoming = tmp_path / "incoming"
     save_kohya(random_lora(tiny_base.table, seed=11), incoming / "ink.safetensors",
