@@ -152,11 +152,12 @@ def build_retriever(styles: dict[str, LibraryStyle], embedder: Embedder,
 def word_view_for(engine: GenerationEngine, embedder: Embedder, path: Path,
                   reference: Sequence[LoraFile] = ()) -> WordView:
     """The words view of this base model and embedder: loaded from `path`, or built from the
-    base's tokenizer and text encoder, fitted on the `reference` LoRAs, and saved there."""
+    base's tokenizer and text encoder (each word read after the probe prompts), fitted on the
+    `reference` LoRAs, and saved there."""
     view = WordView.load(path, embedder.version)
     if view is None:
         pipe = engine.base.pipe
-        view = WordView.build(pipe.tokenizer, pipe.text_encoder, embedder)
+        view = WordView.build(pipe.tokenizer, pipe.text_encoder, embedder, PROBE_PROMPTS)
         view.fit([r for lora in reference if (r := view.reactions(lora)) is not None])
         path.parent.mkdir(parents=True, exist_ok=True)
         view.save(path)

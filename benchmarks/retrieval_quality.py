@@ -169,9 +169,12 @@ def main() -> None:
                      + " |")
     lines += ["", f"Weights view alone on LoRAs of styles the encoder never saw (4-fold "
               f"leave-styles-out, ranked among all 28): **Recall@3 = {unseen:.3f}** "
-              "(target ≥ 0.60).", "",
+              "(target ≥ 0.60): the learned encoder does not generalise from 21 styles to new "
+              "ones. The app does not use it for LoRAs it was not trained on; it reads their "
+              "weights through the words view instead:", "",
               "Words view alone (`retrieval/word_view.py`, training-free: the words the "
-              "LoRA's cross-attention key/value deltas react to, placed in the text space), "
+              "LoRA's cross-attention key/value deltas react to, each word read as what it "
+              "adds to the four probe prompts, placed in the text space), "
               "each LoRA standardised against the other 27 only, so every LoRA is unseen "
               "(column *words (unseen)*): **Recall@3 = "
               f"{table['words (unseen)']['single R@3']:.3f}** (target ≥ 0.60). Its "
