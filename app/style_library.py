@@ -387,19 +387,32 @@ class StyleLibrary:
         return AtlasLayout()
 
     def _sync_atlas(self, entries: dict[str, StyleEntry]) -> None:
-        """Fit the map if it is empty, else place new styles and drop deleted ones."""
+        """Fit the map if it is empty or was drawn from fewer than half the styles it now holds
+        (its clusters came from too few), else place new styles and drop deleted ones."""
         placed = set(self.atlas.ids)
         gone = placed - set(entries)
         for style_id in gone:
             self.atlas.remove(style_id)
         new = [e for e in entries.values() if e.id not in placed]
-        if not placed - gone and len(entries) >= 3:
-            vectors = {i: v for i in entries if (v := self.style_vector(i)) is not None}
-            self.atlas = AtlasLayout.fit(vectors, {i: entries[i].tags for i in vectors})
+        refit = len(entries) >= 3 and (not placed - gone or
+                                       len(entries) >= 2 * self.atlas.fitted_on)
+        if refit:
+            self.refit_atlas(entries, save=False)
         else:
             for entry in new:
                 self._place(entry, save=False)
-        if gone or new:
+        if refit or gone or new:
+            self._save_atlas()
+
+    def refit_atlas(self, entries: dict[str, StyleEntry] | None = None,
+                    save: bool = True) -> None:
+        """Lay out the whole map and find its clusters again, from every style. Placing a style
+        moves nothing else, so after many placements (seeding a library one style at a time)
+        the clusters are still those of the first few styles until this runs."""
+        entries = entries if entries is not None else {e.id: e for e in self.catalog.list()}
+        vectors = {i: v for i in entries if (v := self.style_vector(i)) is not None}
+        self.atlas = AtlasLayout.fit(vectors, {i: entries[i].tags for i in vectors})
+        if save:
             self._save_atlas()
 
     def _place(self, entry: StyleEntry, save: bool = True) -> None:
@@ -449,6 +462,8 @@ def seed_from_starter(library: StyleLibrary, loras: dict[str, Path], views: View
                        views=vectors if complete else None,
                        slug=slug, frequency=(profiles or {}).get(slug))
         added += 1
+    if added:  # each was placed beside the first three: draw the map once from all of them
+        library.refit_atlas()
     return added
 
 

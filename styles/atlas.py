@@ -353,6 +353,7 @@ class AtlasLayout:
         self._centroids = np.zeros((0, 0))
         self._spacing = 0.05
         self._labels: dict[int, list[str]] = {}
+        self._fitted_on = 0  # styles the layout and clusters were fitted on (`place` adds none)
 
     @classmethod
     def fit(cls, vectors: Mapping[str, np.ndarray],
@@ -379,6 +380,7 @@ class AtlasLayout:
         atlas._mean, atlas._components, atlas._centroids = mean, comps, centroids
         atlas._tags = {s: list((tags or {}).get(s, ())) for s in ids}
         atlas._spacing = _spacing(xy)
+        atlas._fitted_on = len(ids)
         atlas._relabel()
         return atlas
 
@@ -436,6 +438,12 @@ class AtlasLayout:
     @property
     def ids(self) -> list[str]:
         return list(self._ids)
+
+    @property
+    def fitted_on(self) -> int:
+        """How many styles the layout and the clusters were fitted on; styles placed since
+        joined the nearest cluster and moved nothing."""
+        return self._fitted_on
 
     def _index(self, style_id: str) -> int:
         try:
@@ -510,7 +518,7 @@ class AtlasLayout:
             "xy": self._xy.tolist(), "cluster": self._cluster.tolist(), "tags": self._tags,
             "vectors": _encode(self._vectors), "mean": self._mean.tolist(),
             "components": self._components.tolist(), "centroids": self._centroids.tolist(),
-            "spacing": self._spacing,
+            "spacing": self._spacing, "fitted_on": self._fitted_on,
         })
 
     @classmethod
@@ -532,6 +540,7 @@ class AtlasLayout:
         atlas._components = np.array(data["components"], dtype=np.float64)
         atlas._centroids = np.array(data["centroids"], dtype=np.float64)
         atlas._spacing = float(data["spacing"])
+        atlas._fitted_on = int(data.get("fitted_on", 0))  # older caches: refitted on open
         atlas._relabel()
         return atlas
 

@@ -171,6 +171,22 @@ def test_search_by_text_tags_and_cluster(atlas):
     assert atlas.search(text="nothing like this") == []
 
 
+def test_the_atlas_knows_how_many_styles_it_was_fitted_on(atlas, data):
+    """Placing moves nothing, so it does not refit: the library refits when the map holds
+    twice the styles its clusters came from (tests/test_library.py)."""
+    _, _, _, centres = data
+    fitted = atlas.fitted_on
+    assert fitted == len(atlas.ids)
+    atlas.place("new-one", centres[0] + 0.05, [])
+    assert atlas.fitted_on == fitted and len(atlas.ids) == fitted + 1
+    assert AtlasLayout.from_json(atlas.to_json()).fitted_on == fitted
+    import json
+
+    older = json.loads(atlas.to_json())
+    del older["fitted_on"]  # a cache written before the count was kept: refitted on open
+    assert AtlasLayout.from_json(json.dumps(older)).fitted_on == 0
+
+
 def test_json_round_trip_keeps_state_and_behaviour(atlas, data):
     _, _, _, centres = data
     restored = AtlasLayout.from_json(atlas.to_json())

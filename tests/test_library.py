@@ -15,6 +15,7 @@ import torch
 from app.service import LoratlasService, ServiceConfig, ServiceError
 from app.style_library import CRASH_ENV, INGEST_STEPS
 from styles.lora import LoraModule
+from styles.starter.paths import starter_available, starter_loras
 from styles.writers import save_kohya
 from tests.conftest import REPO, fixtures_dir, random_lora
 
@@ -43,6 +44,25 @@ def files(tiny_base, tmp_path) -> dict[str, Path]:
 @pytest.fixture()
 def service(tiny_pipeline_dir, tmp_path) -> LoratlasService:
     return _service(tiny_pipeline_dir, tmp_path / "library")
+
+
+def test_a_map_drawn_from_a_few_styles_is_redrawn_once_it_holds_twice_as_many(
+        tiny_pipeline_dir, tiny_base, tmp_path):
+    """Each upload is placed without moving the others, so a library that grew one style at a
+    time would keep the clusters of its first three forever; on open, a map holding twice the
+    styles it was fitted on is fitted again from all of them."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    paths = [_lora_file(tiny_base.table, folder, f"grow{i}", seed=20 + i) for i in range(6)]
+    service = _service(tiny_pipeline_dir, tmp_path / "library")
+    for path in paths:  # one upload at a time, as a user adds them
+        assert service.upload([path])[0].ok
+    library = service.library
+    assert len(library.atlas.ids) == 6 and library.atlas.fitted_on == 3
+    reopened = _service(tiny_pipeline_dir, tmp_path / "library").library
+    assert reopened.atlas.fitted_on == 6 and len(reopened.atlas.ids) == 6
+    again = _service(tiny_pipeline_dir, tmp_path / "library").library
+    assert again.atlas.points() == reopened.atlas.points()  # saved: not redrawn every open
 
 
 def test_upload_indexes_maps_and_lists_each_style(service, files):
@@ -225,3 +245,16 @@ def test_a_refusal_names_the_file_as_the_user_named_it(service, tmp_path):
     assert not report.ok and report.file == "my style.safetensors"
     assert report.error["message"].startswith("my style.safetensors: ")
     assert "upload-3f9a" not in report.error["message"]
+
+
+@pytest.mark.skipif(not starter_available() or not starter_loras(),
+                    reason="starter LoRAs not built")
+def test_a_seeded_starter_library_is_mapped_from_all_its_styles(tmp_path, monkeypatch):
+    """Seeding adds the pack's styles one at a time; the map is then drawn once from all of
+    them, not left with the clusters of the first three."""
+    monkeypatch.setenv("LORATLAS_HOME", str(tmp_path / "home"))
+    library = LoratlasService(ServiceConfig(device="cpu")).library
+    styles = len(library.catalog.list())
+    assert styles == len(starter_loras())
+    assert library.atlas.fitted_on == styles == len(library.atlas.ids)
+    assert len(library.atlas.clusters) > 2
