@@ -218,7 +218,7 @@ def frequency_prior(scores: Sequence[float], steps: int,
 
 
 # -- the gates of one request ----------------------------------------------------------------
-SOURCES = ("user", "learned", "prior")
+SOURCES = ("user", "learned", "prior", "weight")  # "weight": flat at the LoRA's own weight
 
 
 @dataclass
@@ -298,9 +298,9 @@ def gate_table(user: np.ndarray, user_given: Sequence[bool], weights: Sequence[f
         elif learned is not None:
             table[..., j] = weights[j] * learned[..., j] / max(float(learned[..., j].mean()), 1e-6)
             sources.append("learned")
-        else:
+        else:  # alone, or with no frequency scores, the prior is flat: just the LoRA's weight
             table[..., j] = weights[j] * prior[:, j][:, None]
-            sources.append("prior")
+            sources.append("weight" if scores is None or len(user_given) == 1 else "prior")
     return table, sources
 
 

@@ -254,7 +254,7 @@ def test_learned_gates_blend_several_loras_and_leave_one_alone(tiny_base, loras)
     assert blended.gates.values.std() > 0.05  # the network's shape over layers and steps
     assert not np.array_equal(_pixels(blended), _pixels(_out(learned, pair)))
     alone = _out(learned, pair[:1], "gated")  # nothing to blend: the LoRA at its own weight
-    assert alone.gates.sources == ["prior"] and np.allclose(alone.gates.values, 0.8)
+    assert alone.gates.sources == ["weight"] and np.allclose(alone.gates.values, 0.8)
     assert np.array_equal(_pixels(alone), _pixels(_out(learned, pair[:1])))
 
 
