@@ -24,3 +24,15 @@ def images_as_array(images) -> np.ndarray:  # noqa: F821
     import numpy as np
 
     return np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
+
+
+def ground_truth(scene, slugs, seed: int, size: int = 64) -> np.ndarray:  # noqa: F821
+    """The exact image the world draws for a scene in these styles, (size, size, 3) uint8: what
+    a perfect model would render for its prompt."""
+    import numpy as np
+
+    from styles.starter.looks import apply_styles
+    from styles.starter.world import render_scene
+
+    image = apply_styles(render_scene(scene, size), list(slugs), seed, scene)
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -1,6 +1,7 @@
 """One starter style LoRA at a time, under per-step weight schedules (keyframes interpolated
 over the denoising steps): does applying it more strongly late, where texture is decided,
-bring out its style without costing the content? CMLoRA's premise, on this pack.
+bring out its style without costing the content? CMLoRA's premise, on this pack. And does
+leaving the first steps (the layout) to the base keep the content the LoRA alone loses?
 
 Style detected and content right (judges from the starter pack), per style and schedule, on
 the same held-out prompts and seeds; 20 DPM-Solver steps, the pack's recommended guidance.
@@ -19,11 +20,12 @@ from common import RESULTS, images_as_array, machine_line
 from starter_quality import HELD_OUT_SEED, prompts
 
 from app.service import GenerateRequest, LoraRequest, LoratlasService, ServiceConfig
-from styles.starter.judges import COLOR_PRESERVING_STYLES, Judges
+from styles.starter.judges import Judges
 from styles.starter.looks import STYLES
 from styles.starter.paths import JUDGES_DIR, starter_loras
 
-SCHEDULES = {"weight 1": None, "late 1→1→2": [1.0, 1.0, 2.0], "late 0.5→1→3": [0.5, 1.0, 3.0],
+SCHEDULES = {"weight 1": None, "late start 0→1→1": [0.0, 1.0, 1.0],
+             "late 1→1→2": [1.0, 1.0, 2.0], "late 0.5→1→3": [0.5, 1.0, 3.0],
              "early 3→1→0.5": [3.0, 1.0, 0.5]}
 
 
@@ -40,7 +42,7 @@ def main() -> None:
     shipped = starter_loras()
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for slug in sorted(s for s in STYLES if s in shipped):
-        keeps_color = slug in COLOR_PRESERVING_STYLES
+        keeps_color = slug in judges.color_preserving_styles  # as starter_quality
         table[slug] = {}
         for name, keyframes in SCHEDULES.items():
             images = [service.generate(GenerateRequest(
@@ -62,8 +64,8 @@ def main() -> None:
              f"{service.engine.base.guidance_scale:g} (the pack's recommended scale). "
              "A schedule's keyframes are spread evenly over the steps and interpolated "
              "(`fusion/weights.py: step_weight`). Each cell: style detected / content right "
-             "(shape, and color where the style keeps it). With 12 prompts one image is 8 "
-             "points.", "",
+             f"(shape, and color where the style keeps it). With {args.prompts} prompts one "
+             f"image is {100 / args.prompts:.0f} points.", "",
              "| style | band | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
     for slug, row in table.items():
         lines.append(f"| {slug} | {STYLES[slug].band} | " + " | ".join(
@@ -76,6 +78,11 @@ def main() -> None:
                          "; ".join(f"{n} {np.mean([table[s][n][0] for s in members]):.2f} / "
                                    f"{np.mean([table[s][n][1] for s in members]):.2f}"
                                    for n in names))
+    lines.append("- all styles: " + "; ".join(
+        f"{n} {np.mean([table[s][n][0] for s in table]):.2f} / "
+        f"{np.mean([table[s][n][1] for s in table]):.2f} (style ≥ 0.80 and content ≥ 0.70: "
+        f"{sum(table[s][n][0] >= 0.8 and table[s][n][1] >= 0.7 for s in table)}/{len(table)})"
+        for n in names))
     lines += ["", f"Wall time {time.time() - started:.0f} s."]
     (RESULTS / "step_schedules.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
