@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 from common import RESULTS, images_as_array, machine_line
-from starter_quality import HELD_OUT_SEED, prompts
+from starter_quality import HELD_OUT_SEED, prompts, verdicts
 
 from app.service import GenerateRequest, LoraRequest, LoratlasService, ServiceConfig
 from styles.starter.judges import Judges
@@ -42,19 +42,13 @@ def main() -> None:
     shipped = starter_loras()
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for slug in sorted(s for s in STYLES if s in shipped):
-        keeps_color = slug in judges.color_preserving_styles  # as starter_quality
         table[slug] = {}
         for name, keyframes in SCHEDULES.items():
             images = [service.generate(GenerateRequest(
                 prompt=prompt, seed=HELD_OUT_SEED + i, steps=args.steps,
                 loras=[LoraRequest(slug, 1.0, step_weights=keyframes)])).images[0]
                 for i, (prompt, _) in enumerate(cases)]
-            array = images_as_array(images)
-            detected = np.mean([slug in found for found in judges.styles(array)])
-            right = np.mean([v["shape"] == label["shape"] and (
-                not keeps_color or v["color"] == label["color"])
-                for v, (_, label) in zip(judges.content(array), cases, strict=True)])
-            table[slug][name] = (float(detected), float(right))
+            table[slug][name] = verdicts(judges, slug, images_as_array(images), cases)
         print(slug, table[slug], flush=True)
     names = list(SCHEDULES)
     lines = ["# One style LoRA under per-step weight schedules", "", machine_line(),
