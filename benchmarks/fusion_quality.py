@@ -31,8 +31,8 @@ from fusion.base import load_base
 from fusion.engine import GenerationEngine, LoraUse
 from fusion.gate_training import split_sets
 from styles.reader import ReadOptions, read_lora
-from styles.starter.judges import COLOR_PRESERVING_STYLES, Judges, vae_renderer
-from styles.starter.looks import styled_caption
+from styles.starter.judges import Judges, vae_renderer
+from styles.starter.looks import clashing_pairs, styled_caption
 from styles.starter.paths import JUDGES_DIR, PIPELINE_DIR, STARTER_DIR, starter_loras
 from styles.starter.world import content_labels, sample_scene
 
@@ -43,13 +43,15 @@ TRUTH_ROWS = {"ground truth": False, "ground truth through the VAE": True}
 
 
 def held_out_sets(k: int, available: set[str]) -> list[tuple[str, ...]]:
-    """Held-out style sets of size k, as recorded by gate training (or by the same rule)."""
+    """Held-out style sets of size k, as recorded by gate training (or by the same rule),
+    without sets in which one style hides another (a network trained before the clashes were
+    measured recorded those too)."""
     if GATES.is_file():
         recorded = json.loads(GATES.read_text())["split"]["held_out"][str(k)]
         sets = [tuple(s) for s in recorded]
     else:
         sets = split_sets(k)[1]
-    return [s for s in sets if set(s) <= available]
+    return [s for s in sets if set(s) <= available and not clashing_pairs(s)]
 
 
 def cases(sets: list[tuple[str, ...]], n: int, seed: int) -> list[dict]:
@@ -115,7 +117,7 @@ class Bench:
         content = self.judges.content(array)
         rows = []
         for case, found, verdict in zip(batch, detected, content, strict=True):
-            keeps_color = all(s in COLOR_PRESERVING_STYLES for s in case["styles"])
+            keeps_color = all(s in self.judges.color_preserving_styles for s in case["styles"])
             right = verdict["shape"] == case["labels"]["shape"] and (
                 not keeps_color or verdict["color"] == case["labels"]["color"])
             styles_hit = [s in found for s in case["styles"]]
@@ -237,9 +239,10 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
            else "no learned gate network: the frequency prior.") +
         " CMLoRA: residual cache, non-uniform refresh schedule.", "",
         "*success* = every requested style detected and the content right (shape; colour too "
-        "when every requested style keeps colour). *all styles* = every requested style "
-        "detected; *style rate* = share of requested styles detected; *content* = content "
-        "right.", "",
+        "when the judges read colour through every requested style, `color_preserving_styles` "
+        "in judges.json). *all styles* = every requested style detected; *style rate* = share "
+        "of requested styles detected; *content* = content right. No set holds two styles of "
+        "which one hides the other in the truth (`styles.starter.looks.clashing_pairs`).", "",
         "The *ground truth* rows judge the exact images `apply_styles` draws for the same "
         "scenes and styles, as drawn and after the base model's VAE (encode, decode: the best "
         "any mode could render). They are the ceiling these judges allow: on compositions the "

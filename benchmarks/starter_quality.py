@@ -8,6 +8,7 @@
 - Speed: seconds per image of `loratlas generate "a red star"` (a subprocess, as a user runs it).
 
     .venv/bin/python benchmarks/starter_quality.py [--prompts 200] [--per-style 10]
+        [--loras DIR --out FILE]   # another set of starter LoRA files, e.g. an older pack's
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from common import RESULTS, ROOT, ground_truth, images_as_array, machine_line
@@ -25,6 +27,7 @@ from app.service import GenerateRequest, LoraRequest, LoratlasService, ServiceCo
 from styles.starter.judges import Judges, vae_renderer
 from styles.starter.looks import STYLES
 from styles.starter.paths import IMAGE_SIZE, JUDGES_DIR, PIPELINE_DIR, starter_loras
+from styles.starter.style_loras import file_name
 from styles.starter.world import caption, content_labels, sample_scene
 
 HELD_OUT_SEED = 10_000
@@ -88,10 +91,12 @@ def verdicts(judges, slug: str, array: np.ndarray, cases) -> tuple[float, float]
 
 
 def judge_style(service, judges, slug: str, n: int, steps: int,
-                guidance: float | None = None) -> tuple[float, float]:
-    """One style LoRA at weight 1.0 on n held-out prompts naming no background."""
+                guidance: float | None = None, ref: str | None = None) -> tuple[float, float]:
+    """One style LoRA (the pack's, or the file `ref`) at weight 1.0 on n held-out prompts
+    naming no background."""
     cases = style_cases(slug, n)
-    array = images_as_array([generate(service, p, HELD_OUT_SEED + i, [slug], steps, guidance)
+    lora = ref or slug
+    array = images_as_array([generate(service, p, HELD_OUT_SEED + i, [lora], steps, guidance)
                              for i, (p, _, _) in enumerate(cases)])
     return verdicts(judges, slug, array, cases)
 
@@ -110,6 +115,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--per-style", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--loras", help="judge the LoRA files in this folder (the pack's file "
+                        "names) instead of the pack's own")
+    parser.add_argument("--out", default=str(RESULTS / "starter_quality.md"))
     args = parser.parse_args()
     service = LoratlasService(ServiceConfig(device="cpu"))
     judges = Judges.load(JUDGES_DIR)
@@ -117,10 +125,14 @@ def main() -> None:
     base = judge_base(service, judges, args.prompts, args.steps)
     rows = []  # each style LoRA at weight 1.0 (those the pack holds)
     shipped = starter_loras()
+    if args.loras:
+        shipped = {slug: Path(args.loras) / file_name(slug) for slug in STYLES
+                   if (Path(args.loras) / file_name(slug)).is_file()}
     render = vae_renderer(PIPELINE_DIR)
     for slug in sorted(STYLES):
         if slug in shipped:
-            detected, right = judge_style(service, judges, slug, args.per_style, args.steps)
+            detected, right = judge_style(service, judges, slug, args.per_style, args.steps,
+                                          ref=str(shipped[slug]) if args.loras else None)
             ceiling = style_ceiling(judges, render, slug, args.per_style)
             rows.append((slug, detected, right, slug in judges.color_preserving_styles,
                          ceiling))
@@ -134,7 +146,9 @@ def main() -> None:
     lines = [
         "# Starter pack quality", "", machine_line(),
         f"Command: `.venv/bin/python benchmarks/starter_quality.py --prompts {args.prompts} "
-        f"--per-style {args.per_style} --steps {args.steps}`", "",
+        f"--per-style {args.per_style} --steps {args.steps}"
+        + (f" --loras {args.loras} --out {args.out}" if args.loras else "") + "`", "",
+        *([f"LoRAs: the files in `{args.loras}`, not the pack's.", ""] if args.loras else []),
         "Judges: `styles/data/starter/judges/` (their own held-out accuracy is in "
         "`accuracy.json` there). Prompts: one-object captions from held-out seeds "
         f"(≥ {HELD_OUT_SEED}), {args.steps} DPM-Solver steps, guidance {guidance:g} (the "
@@ -179,7 +193,7 @@ def main() -> None:
               f"`loratlas generate \"a red star\" --json`: seconds_per_image "
               f"**{cli['seconds_per_image']:.2f}** (target < 2 s; excludes process start-up "
               "and model loading)."]
-    (RESULTS / "starter_quality.md").write_text("\n".join(lines) + "\n")
+    Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

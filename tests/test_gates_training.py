@@ -11,6 +11,7 @@ from fusion.engine import GenerationEngine, LoraUse
 from fusion.gate_training import GateHooks, GateTrainingConfig, split_sets, train_gate_network
 from fusion.gates import GateNetwork
 from styles.reader import ReadOptions, read_lora
+from styles.starter.looks import clashing_pairs
 from styles.writers import save_kohya
 from tests.conftest import random_lora
 
@@ -23,6 +24,11 @@ def test_split_is_deterministic_disjoint_and_keeps_single_styles():
     assert split_sets(2, 0.25) == (train, held)
     assert split_sets(1, 0.25)[1] == []
     assert all(len(s) == 3 for s in split_sets(3, 0.25)[1])
+    # no set asks for a style another of its styles hides (chalkboard hides pop-art)
+    triples = [s for part in split_sets(3, 0.25) for s in part]
+    assert not any(clashing_pairs(s) for s in train + held + triples)
+    assert ("chalkboard", "pop-art") not in train + held
+    assert ("pop-art", "chalkboard") not in train + held
 
 
 def test_training_moves_only_the_gates_and_saves(tiny_base, tmp_path):

@@ -69,6 +69,8 @@ def test_tiny_training_run(tmp_path):
     assert set(acc["per_style"]) == set(STYLES)
     meta = json.loads((tmp_path / "judges.json").read_text())
     assert set(meta["thresholds"]) == set(STYLES)
+    # colour is judged where the judge reads it as the model draws: through the renderer
+    assert meta["color_preserving_styles"] == acc["rendered"]["color_preserving_measured"]
     judges = Judges.load(tmp_path)
     imgs, _ = _images(1, 5)
     content = judges.content(imgs)

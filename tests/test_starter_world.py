@@ -10,10 +10,12 @@ import pytest
 
 from styles.starter.looks import (
     CLASH_GROUPS,
+    HIDDEN_BELOW,
     STYLES,
     apply_styles,
     canonical_order,
     clashing_pairs,
+    hidden_pairs,
     styled_caption,
 )
 from styles.starter.world import (
@@ -221,6 +223,25 @@ def test_clash_groups() -> None:
     assert all(g <= set(STYLES) for g in CLASH_GROUPS)
     assert clashing_pairs(["noir", "stripes", "arrow"]) == []
     assert clashing_pairs(["watercolor", "line-art", "sepia"]) == [("watercolor", "line-art")]
+
+
+def test_measured_hiding_finds_what_the_groups_miss() -> None:
+    """chalkboard redraws the picture in chalk on green: pop-art's colours are gone from the
+    truth of a prompt asking for both, and no hand-written group says so."""
+    hidden = hidden_pairs()
+    assert frozenset(("chalkboard", "pop-art")) in hidden
+    assert not any({"chalkboard", "pop-art"} <= g for g in CLASH_GROUPS)
+    assert clashing_pairs(["pop-art", "chalkboard"]) == [("pop-art", "chalkboard")]
+    for pair in (("noir", "stripes"), ("sepia", "film-grain"), ("arrow", "halftone")):
+        assert frozenset(pair) not in hidden, pair
+    # the rule itself: in a hidden pair one style's own change all but vanishes
+    rng = np.random.default_rng(0)
+    scene = sample_scene(rng, 1)
+    plain = render_scene(scene, 64)
+    both = apply_styles(plain, ["pop-art", "chalkboard"], 1, scene)
+    chalk = apply_styles(plain, ["chalkboard"], 1, scene)
+    pop = apply_styles(plain, ["pop-art"], 1, scene)
+    assert np.abs(both - chalk).mean() < HIDDEN_BELOW * np.abs(pop - plain).mean()
 
 
 def test_captions_can_leave_the_background_unnamed():

@@ -41,6 +41,7 @@ class BuildPlan:
     lora_batch: int = 8
     lora_lr: float = 3e-3
     lora_rank: int = 8
+    lora_pool: int = 800  # distinct training scenes per style LoRA (4000: see README)
     seed: int = 0
     work: Path = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas")) \
         / "starter-build"
@@ -78,7 +79,7 @@ def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
         path = LORA_DIR / file_name(slug)
         if not path.is_file():  # seeded by the style, so shards train what one run would
             modules = train_style_lora(pipe, slug, plan.lora_steps, plan.lora_batch,
-                                       plan.lora_rank, lr=plan.lora_lr,
+                                       plan.lora_rank, lr=plan.lora_lr, pool=plan.lora_pool,
                                        seed=plan.seed + everything.index(slug),
                                        progress=_bar(f"lora {slug}"))
             save_style_lora(modules, LORA_DIR, slug, plan.lora_steps, plan.lora_rank)
@@ -112,6 +113,7 @@ def write_manifest(plan: BuildPlan) -> Path:
     MANIFEST.write_text(json.dumps({"version": 1, "base": _base_key(),
                                     "lora_steps": plan.lora_steps,
                                     "lora_batch": plan.lora_batch, "lora_lr": plan.lora_lr,
+                                    "lora_pool": plan.lora_pool,
                                     "lora_rank": plan.lora_rank, "styles": styles}, indent=1))
     return MANIFEST
 

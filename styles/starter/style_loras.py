@@ -48,7 +48,9 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
 
     Most captions leave the style words out (`plain_captions`), so the LoRA applies its style
     to any prompt at weight 1, as a community style LoRA does, instead of only waking up when
-    the prompt already names the style."""
+    the prompt already names the style. `pool` distinct scenes are drawn (800: 8 epochs in
+    400 steps of 8); a pack trained on 4000 judged no better and its words view read worse
+    (README, the starter pack)."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
