@@ -65,6 +65,7 @@ def test_tiny_training_run(tmp_path):
     assert set(acc["rendered"]["per_style"]) == set(STYLES)
     for f in FILES:
         assert (tmp_path / f).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)  # no side folder left
     assert json.loads((tmp_path / "accuracy.json").read_text()) == acc
     assert set(acc["per_style"]) == set(STYLES)
     meta = json.loads((tmp_path / "judges.json").read_text())

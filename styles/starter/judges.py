@@ -442,12 +442,16 @@ def train_judges(
                          .numpy() for i in range(0, n_val, 256)])  # fmt: skip
     judges.thresholds = tune_thresholds(judges.style_scores(vx), val["styles"])
     meta["thresholds"] = {s: float(t) for s, t in zip(SLUGS, judges.thresholds, strict=True)}
-    _save(content, out_dir / "content_judge.safetensors")
-    _save(style, out_dir / "style_judge.safetensors")
-    (out_dir / "judges.json").write_text(json.dumps(meta, indent=1))
+    # written and evaluated in a side folder, moved in at the end: a reader of out_dir meanwhile
+    # sees the previous judges, never new weights with a provisional judges.json
+    partial = out_dir / ".partial"
+    partial.mkdir(exist_ok=True)
+    _save(content, partial / "content_judge.safetensors")
+    _save(style, partial / "style_judge.safetensors")
+    (partial / "judges.json").write_text(json.dumps(meta, indent=1))
     train_s = time.perf_counter() - t0  # evaluation below uses the saved fp16 judges
 
-    acc = evaluate(Judges.load(out_dir), seed + 1000, *eval_sizes, progress=progress,
+    acc = evaluate(Judges.load(partial), seed + 1000, *eval_sizes, progress=progress,
                    renderer=renderer)
     meta.update(
         color_trained_styles=sorted(COLOR_PRESERVING_STYLES),
@@ -463,8 +467,12 @@ def train_judges(
                   "torch_threads": torch.get_num_threads()},
     )  # fmt: skip
     acc["training_seconds"] = meta["training"]["total_seconds"]
-    (out_dir / "judges.json").write_text(json.dumps(meta, indent=1))
-    (out_dir / "accuracy.json").write_text(json.dumps(acc, indent=1))
+    (partial / "judges.json").write_text(json.dumps(meta, indent=1))
+    (partial / "accuracy.json").write_text(json.dumps(acc, indent=1))
+    for name in ("content_judge.safetensors", "style_judge.safetensors", "accuracy.json",
+                 "judges.json"):  # judges.json last: the build's "judges are done" mark
+        (partial / name).replace(out_dir / name)
+    partial.rmdir()
     return acc
 
 
