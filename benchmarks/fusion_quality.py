@@ -3,7 +3,8 @@
 - 2- and 3-style prompts from style sets held out from gate training (the split recorded in
   styles/data/starter/gates/gates.json; scenes from seeds >= 20_000, never used in training):
   the share of images in which every requested style is detected AND the content is right
-  (shape right; colour right too when every requested style keeps colour).
+  (shape right; colour right too when the judges read colour through every requested style);
+  no set holds two styles of which one hides the other (`looks.clashing_pairs`).
 - Single styles: fidelity (style detected and content right) of each mode with one LoRA,
   against the single LoRA alone (merge at weight 1).
 - The same judgement of the ground truth `apply_styles` draws for each prompt's scene, as drawn
@@ -82,6 +83,7 @@ class Bench:
             self.loras[slug] = (lora, profiles.get(slug))
         self.judges = Judges.load(JUDGES_DIR)
         self.seconds: dict[str, list[float]] = {}
+        self._render = None  # the base's VAE round trip, loaded on first use
 
     def image(self, mode: str, case: dict) -> np.ndarray:
         """One image; "gated-prior" is gated with the learned network switched off."""
@@ -106,7 +108,8 @@ class Bench:
         """The judges on the ground truth of each case, as drawn or as the VAE renders it."""
         array = np.stack([ground_truth(c["scene"], c["styles"], c["seed"]) for c in batch])
         if through_vae:
-            array = vae_renderer(PIPELINE_DIR)(array)
+            self._render = self._render or vae_renderer(PIPELINE_DIR)
+            array = self._render(array)
         return self.judge_array(array, batch)
 
     def judge(self, images: list, batch: list[dict]) -> dict:
