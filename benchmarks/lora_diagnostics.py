@@ -20,11 +20,12 @@ Two measurements on the shipped starter LoRAs, no sampling, no judges:
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 import itertools
 import re
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -76,15 +77,22 @@ def encode(pipe, images: np.ndarray, own: list[str], swapped: list[str]
         return latents * pipe.vae.config.scaling_factor, text(own), text(swapped)
 
 
-def with_lora(unet: torch.nn.Module, lora) -> torch.nn.Module:
-    """A copy of the UNet with the LoRA merged in (W + scale · up @ down)."""
-    merged = copy.deepcopy(unet)
-    modules = dict(merged.named_modules())
+@contextlib.contextmanager
+def with_lora(unet: torch.nn.Module, lora) -> Iterator[torch.nn.Module]:
+    """The UNet with the LoRA merged in (W + scale · up @ down); the original weights are put
+    back on exit."""
+    modules = dict(unet.named_modules())
+    saved = []
     for module in lora.modules.values():
         assert module.component == "unet", module.target
         weight = modules[module.path].weight
-        weight.data += module.delta().to(weight.dtype)
-    return merged
+        saved.append((weight, weight.data))
+        weight.data = weight.data + module.delta().to(weight.dtype)
+    try:
+        yield unet
+    finally:
+        for weight, original in saved:
+            weight.data = original
 
 
 def reliance(unet, noise, latents: torch.Tensor, hidden: torch.Tensor,
@@ -134,21 +142,24 @@ def main() -> None:
     rows = {}
     for index, slug in enumerate(slugs):
         batch = encode(pipe, *scenes_with_swapped_shape(800 + index, slug))
-        rows[slug] = reliance(with_lora(pipe.unet, loras[slug]), noise, *batch)
+        with with_lora(pipe.unet, loras[slug]) as unet:
+            rows[slug] = reliance(unet, noise, *batch)
         print(slug, [f"{rise(p):+.0%}" for p in rows[slug]], flush=True)
 
     deltas = {slug: {m.target: m.delta().flatten() for m in loras[slug].modules.values()}
               for slug in slugs}
-    norms = {s: float(sum(float(d @ d) for d in deltas[s].values())) ** 0.5 for s in slugs}
-    pairs = []
+    squares = {s: {t: float(d @ d) for t, d in deltas[s].items()} for s in slugs}
+    pairs = []  # (cosine of the whole deltas, largest per-module cosine, a, b)
     for a, b in itertools.combinations(slugs, 2):
-        dot = sum(float(deltas[a][t] @ deltas[b][t]) for t in deltas[a] if t in deltas[b])
-        per_module = max(float(F.cosine_similarity(deltas[a][t], deltas[b][t], dim=0))
-                         for t in deltas[a] if t in deltas[b])
-        pairs.append((dot / norms[a] / norms[b], per_module, a, b))
+        shared = [t for t in deltas[a] if t in deltas[b]]
+        dots = {t: float(deltas[a][t] @ deltas[b][t]) for t in shared}
+        whole = sum(dots.values()) / (sum(squares[a].values()) * sum(squares[b].values())) ** 0.5
+        per_module = max(dots[t] / max(squares[a][t] * squares[b][t], 1e-30) ** 0.5
+                         for t in shared)
+        pairs.append((whole, per_module, a, b))
 
     band_names = [f"t {low}–{high - 1}" for low, high in BANDS]
-    lines = ["# Style LoRA diagnostics: caption reliance and weight overlap", "",
+    lines = ["# Style LoRA diagnostics: shape-word reliance and weight overlap", "",
              machine_line(), "Command: `.venv/bin/python benchmarks/lora_diagnostics.py`", "",
              "## Shape-word reliance", "",
              f"{SCENES} held-out one-object scenes per row, captioned without style words. "
