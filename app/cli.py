@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stages", default="clip,base,loras,judges,retrieval")
     b.add_argument("--unet-steps", type=int)
     b.add_argument("--lora-steps", type=int)
+    b.add_argument("--lora-ema", type=float, metavar="DECAY",
+                   help="keep a moving average of each style LoRA's weights (0.99 is measured "
+                        "in benchmarks/lora_recipe.py; the shipped pack has none)")
     b.add_argument("--schedule-steps", type=int,
                    help="fine-tuning steps that move an epsilon-prediction base to zero-SNR v")
 
@@ -269,6 +272,8 @@ def cmd_starter(args: argparse.Namespace) -> int:
         plan = replace(plan, unet_steps=args.unet_steps)
     if args.lora_steps:
         plan = replace(plan, lora_steps=args.lora_steps)
+    if args.lora_ema is not None:
+        plan = replace(plan, lora_ema=args.lora_ema)
     if args.schedule_steps:
         plan = replace(plan, schedule_steps=args.schedule_steps)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]

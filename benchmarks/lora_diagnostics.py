@@ -37,7 +37,7 @@ from styles.starter.base_model import diffusion_target
 from styles.starter.data import to_tensor_layout
 from styles.starter.looks import STYLES, apply_styles
 from styles.starter.paths import LORA_DIR, PIPELINE_DIR
-from styles.starter.style_loras import file_name
+from styles.starter.style_loras import encode_captions, file_name
 from styles.starter.world import SHAPES, caption, render_scene, sample_scene
 
 BANDS = [(0, 200), (200, 500), (500, 800), (800, 1000)]
@@ -67,14 +67,10 @@ def scenes_with_swapped_shape(seed: int, slug: str | None
 
 def encode(pipe, images: np.ndarray, own: list[str], swapped: list[str]
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    def text(captions: list[str]) -> torch.Tensor:
-        ids = pipe.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
-                             return_tensors="pt").input_ids
-        return pipe.text_encoder(ids).last_hidden_state
-
     with torch.no_grad():
         latents = pipe.vae.encode(torch.from_numpy(to_tensor_layout(images))).latent_dist.mode()
-        return latents * pipe.vae.config.scaling_factor, text(own), text(swapped)
+        return (latents * pipe.vae.config.scaling_factor, encode_captions(pipe, own),
+                encode_captions(pipe, swapped))
 
 
 @contextlib.contextmanager

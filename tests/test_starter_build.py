@@ -18,6 +18,7 @@ from styles.starter.style_loras import (
     file_name,
     layout_of,
     save_style_lora,
+    shape_word_loss,
     train_style_lora,
 )
 
@@ -95,6 +96,13 @@ def test_loras_of_another_base_are_dropped_before_the_loras_stage(tmp_path, monk
     build.MANIFEST.write_text(json.dumps({"styles": []}))  # the epsilon-prediction pack's
     assert build.drop_stale_loras() == [loras / "sepia.safetensors"]
     assert not build.MANIFEST.exists() and not list(loras.iterdir())
+    # another recipe: the pack's manifest (no lora_ema) is kept for the pack's own plan
+    (loras / "sepia.safetensors").write_bytes(b"x")
+    shipped = {"base": build._base_key(), "lora_steps": 400, "lora_batch": 8, "lora_lr": 3e-3,
+               "lora_rank": 8, "lora_pool": 800, "styles": []}
+    build.MANIFEST.write_text(json.dumps(shipped))
+    assert build.drop_stale_loras(build.BuildPlan()) == []
+    assert build.drop_stale_loras(build.BuildPlan(lora_ema=0.99)) == [loras / "sepia.safetensors"]
 
 
 def test_style_lora_trains_and_saves_in_each_layout(tiny_pipeline_dir, tmp_path):
@@ -114,6 +122,32 @@ def test_style_lora_trains_and_saves_in_each_layout(tiny_pipeline_dir, tmp_path)
         assert torch.allclose(lora.modules[target].delta(), modules[0].delta(), atol=1e-2)
     assert kinds["kohya"] == ("kohya", "Sepia")
     assert kinds["sparse"] == ("kohya", None)
+
+
+def test_shape_word_term_is_the_hinge_on_the_wrong_captions_rise(tiny_pipeline_dir):
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    noise = DDPMScheduler.from_config(pipe.scheduler.config)
+    x0 = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(6, 77, pipe.text_encoder.config.hidden_size)
+    with torch.no_grad():
+        fit, shape = shape_word_loss(pipe.unet, noise, x0, cond, cond,
+                                     torch.Generator().manual_seed(1), margin=0.5, from_t=0)
+        plain = base_model.diffusion_loss(pipe.unet, noise, x0, cond,
+                                          torch.Generator().manual_seed(1))
+        # the same noise and timesteps as the plain loss; a lie that changes nothing is
+        # penalised by the whole margin
+        assert torch.allclose(fit, plain) and torch.isclose(shape, torch.tensor(0.5))
+        _, never = shape_word_loss(pipe.unet, noise, x0, cond, cond,
+                                   torch.Generator().manual_seed(1), from_t=10_000)
+        assert never == 0  # no timestep is in the band
+    runs = [train_style_lora(pipe, "sepia", steps=2, batch=2, pool=4, rank=2, shape_weight=w,
+                             ema=d) for w, d in ((0.0, 0.0), (1.0, 0.0), (0.0, 0.99))]
+    plain_run = runs[0]
+    for other in runs[1:]:  # each option changes what is trained, on the same modules
+        assert [m.target for m in plain_run] == [m.target for m in other]
+        assert not all(torch.equal(a.up, b.up) for a, b in zip(plain_run, other, strict=True))
 
 
 def test_extract_modules_reads_peft_layers():

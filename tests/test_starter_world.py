@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -251,3 +253,25 @@ def test_captions_can_leave_the_background_unnamed():
                for i, sc in enumerate(scenes)]
     assert any("background" in c for c in named)
     assert not any("background" in c for c in unnamed)  # for style prompts: a style may replace it
+
+
+def test_swapped_captions_change_one_shape_and_leave_the_batch_as_it_was():
+    from styles.starter.data import world_batch, world_batch_with_swaps
+    from styles.starter.world import swap_shape
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        scene = sample_scene(rng)
+        lie = swap_shape(scene, rng)
+        changed = [(a, b) for a, b in zip(scene.objects, lie.objects, strict=True) if a != b]
+        assert len(changed) == 1 and changed[0][0].shape != changed[0][1].shape
+        assert replace(changed[0][1], shape=changed[0][0].shape) == changed[0][0]
+    images, captions = world_batch(np.random.default_rng(5), 12, ["sepia"], plain_captions=0.5)
+    same, again, swapped = world_batch_with_swaps(np.random.default_rng(5),
+                                                  np.random.default_rng(6), 12, ["sepia"],
+                                                  plain_captions=0.5)
+    assert np.array_equal(images, same) and captions == again  # the swaps draw from their own rng
+    for own, lie in zip(captions, swapped, strict=True):  # the same words but the shape's
+        ops = difflib.SequenceMatcher(None, own.split(), lie.split()).get_opcodes()
+        edits = [(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal"]
+        assert len(edits) == 1 and max(edits[0]) <= 3, (own, lie)

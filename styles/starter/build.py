@@ -42,6 +42,7 @@ class BuildPlan:
     lora_lr: float = 3e-3
     lora_rank: int = 8
     lora_pool: int = 800  # distinct training scenes per style LoRA (4000: see README)
+    lora_ema: float = 0.0  # decay of the LoRA weights' moving average; 0: the last step's
     seed: int = 0
     work: Path = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas")) \
         / "starter-build"
@@ -71,7 +72,7 @@ def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
     from styles.starter.looks import STYLES
     from styles.starter.style_loras import file_name, save_style_lora, train_style_lora
 
-    drop_stale_loras()
+    drop_stale_loras(plan)
     pipe = StableDiffusionPipeline.from_pretrained(PIPELINE_DIR, dtype=torch.float32)
     written = []
     everything = sorted(STYLES)
@@ -81,7 +82,7 @@ def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
             modules = train_style_lora(pipe, slug, plan.lora_steps, plan.lora_batch,
                                        plan.lora_rank, lr=plan.lora_lr, pool=plan.lora_pool,
                                        seed=plan.seed + everything.index(slug),
-                                       progress=_bar(f"lora {slug}"))
+                                       ema=plan.lora_ema, progress=_bar(f"lora {slug}"))
             save_style_lora(modules, LORA_DIR, slug, plan.lora_steps, plan.lora_rank)
         written.append(path)
     if all((LORA_DIR / file_name(slug)).is_file() for slug in everything):
@@ -89,10 +90,23 @@ def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
     return written
 
 
-def drop_stale_loras() -> list[Path]:
-    """Delete the style LoRAs (and manifest) trained on another base than the shipped one, so
-    that the loras stage retrains them all; return what was deleted."""
-    if not MANIFEST.is_file() or json.loads(MANIFEST.read_text()).get("base") == _base_key():
+def _recipe(plan: BuildPlan) -> dict:
+    """The training settings a style LoRA depends on (as the manifest records them)."""
+    return {"lora_steps": plan.lora_steps, "lora_batch": plan.lora_batch,
+            "lora_lr": plan.lora_lr, "lora_rank": plan.lora_rank, "lora_pool": plan.lora_pool,
+            "lora_ema": plan.lora_ema}
+
+
+def drop_stale_loras(plan: BuildPlan | None = None) -> list[Path]:
+    """Delete the style LoRAs (and manifest) trained on another base than the shipped one, or
+    (given a plan) with another recipe, so that the loras stage retrains them all; return what
+    was deleted. A manifest without `lora_ema` was built without it (0)."""
+    if not MANIFEST.is_file():
+        return []
+    manifest = json.loads(MANIFEST.read_text())
+    built = {**_recipe(BuildPlan()), "lora_ema": 0.0,
+             **{k: manifest[k] for k in _recipe(BuildPlan()) if k in manifest}}
+    if manifest.get("base") == _base_key() and (plan is None or built == _recipe(plan)):
         return []
     stale = sorted(LORA_DIR.glob("*.safetensors"))
     for path in stale:
@@ -110,11 +124,8 @@ def write_manifest(plan: BuildPlan) -> Path:
                "name": spec.name, "band": spec.band, "tags": list(spec.tags),
                "trigger": spec.trigger, "description": spec.description}
               for slug, spec in sorted(STYLES.items()) if (LORA_DIR / file_name(slug)).is_file()]
-    MANIFEST.write_text(json.dumps({"version": 1, "base": _base_key(),
-                                    "lora_steps": plan.lora_steps,
-                                    "lora_batch": plan.lora_batch, "lora_lr": plan.lora_lr,
-                                    "lora_pool": plan.lora_pool,
-                                    "lora_rank": plan.lora_rank, "styles": styles}, indent=1))
+    MANIFEST.write_text(json.dumps({"version": 1, "base": _base_key(), **_recipe(plan),
+                                    "styles": styles}, indent=1))
     return MANIFEST
 
 

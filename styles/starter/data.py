@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
 
 from styles.starter.looks import apply_styles, styled_caption
 from styles.starter.paths import IMAGE_SIZE
-from styles.starter.world import caption, render_scene, sample_scene
+from styles.starter.world import Scene, caption, render_scene, sample_scene, swap_shape
 
 
 def world_batch(rng: np.random.Generator, n: int, slugs: Sequence[str] = (),
@@ -16,21 +17,42 @@ def world_batch(rng: np.random.Generator, n: int, slugs: Sequence[str] = (),
                 ) -> tuple[np.ndarray, list[str]]:
     """n images (n, 64, 64, 3) in [0, 1] with captions; styled with `slugs` if given, and
     then captioned without the style words with probability `plain_captions`."""
+    images, captions, _ = _batch(rng, n, slugs, n_objects, plain_captions, None)
+    return images, captions
+
+
+def world_batch_with_swaps(rng: np.random.Generator, swaps: np.random.Generator, n: int,
+                           slugs: Sequence[str] = (), plain_captions: float = 0.0
+                           ) -> tuple[np.ndarray, list[str], list[str]]:
+    """`world_batch`, and each caption again in the same words but naming another shape for
+    one object (`swap_shape`, drawn from `swaps`, so `rng` draws exactly what `world_batch`
+    draws): for training terms that ask the model to use the shape word."""
+    return _batch(rng, n, slugs, None, plain_captions, swaps)
+
+
+def _batch(rng: np.random.Generator, n: int, slugs: Sequence[str], n_objects: int | None,
+           plain_captions: float, swaps: np.random.Generator | None
+           ) -> tuple[np.ndarray, list[str], list[str]]:
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
-    captions = []
+    captions, swapped = [], []
+
+    def styled(scene: Scene, wording: np.random.Generator) -> str:
+        return styled_caption(scene, list(slugs), wording)
+
     for i in range(n):
         scene = sample_scene(rng, n_objects)
         image = render_scene(scene, IMAGE_SIZE)
+        describe = caption
         if slugs:
             image = apply_styles(image, list(slugs), seed=int(rng.integers(1 << 30)),
                                  scene=scene)
             plain = plain_captions and rng.random() < plain_captions
-            captions.append(caption(scene, rng) if plain else
-                            styled_caption(scene, list(slugs), rng))
-        else:
-            captions.append(caption(scene, rng))
+            describe = caption if plain else styled
+        if swaps is not None:  # the same wording: caption the lie with a copy of rng
+            swapped.append(describe(swap_shape(scene, swaps), copy.deepcopy(rng)))
+        captions.append(describe(scene, rng))
         images[i] = image
-    return images, captions
+    return images, captions, swapped
 
 
 def to_tensor_layout(images: np.ndarray) -> np.ndarray:

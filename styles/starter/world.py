@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
@@ -132,6 +132,17 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scen
     objs.append(SceneObject(shape1, color1, s1, *p1))
     objs.append(SceneObject(shape2, color2, s2, *p2))
     return Scene(tuple(objs), background)
+
+
+def swap_shape(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same scene with one object (drawn at random) given another shape: what a caption
+    that names the wrong shape describes."""
+    k = int(rng.integers(len(scene.objects)))
+    obj = scene.objects[k]
+    other = str(rng.choice([shape for shape in SHAPES if shape != obj.shape]))
+    objects = list(scene.objects)
+    objects[k] = replace(obj, shape=other)
+    return replace(scene, objects=tuple(objects))
 
 
 @cache
