@@ -15,7 +15,7 @@ much of a difference is training noise rather than the recipe. Trained files and
 figures (keyed by its bytes and the judges') are kept under `.cache/lora_recipe/`, so a re-run
 over more styles measures only what is new.
 
-    .venv/bin/python benchmarks/lora_recipe.py [--styles a,b] [--prompts 40]
+    .venv/bin/python benchmarks/lora_recipe.py [--styles a,b|all] [--prompts 40]
         [--shape-weight W] [--ema D] [--workers 2] [--plain] [--out FILE]
 """
 
@@ -40,12 +40,15 @@ from styles.starter.style_loras import file_name
 WORK = ROOT / ".cache" / "lora_recipe"
 
 
-def train(pipe, slug: str, shape_weight: float, ema: float, folder: Path) -> Path:
+def train(pipe, slug: str, shape_weight: float, ema: float, name: str) -> Path:
     """The pack's recipe for `slug` with the shape term at `shape_weight` and the weights'
-    moving average `ema`, saved in `folder` (kept, so a re-run does not retrain)."""
+    moving average `ema`, saved under WORK in a folder `name` of this base's (kept, so a re-run
+    on the same base does not retrain)."""
     from styles.starter.style_loras import save_style_lora, train_style_lora
 
     plan = BuildPlan()
+    unet = PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors"
+    folder = WORK / f"{name}-{hashlib.sha256(unet.read_bytes()).hexdigest()[:8]}"
     path = folder / file_name(slug)
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
@@ -85,10 +88,10 @@ def measure(slug: str, shape_weight: float, ema: float, prompts: int, plain: boo
     started = time.time()
     pipe = StableDiffusionPipeline.from_pretrained(str(PIPELINE_DIR), dtype=torch.float32)
     paths = {"shipped": LORA_DIR / file_name(slug),
-             "candidate": train(pipe, slug, shape_weight, ema, WORK / tag(shape_weight, ema))}
+             "candidate": train(pipe, slug, shape_weight, ema, tag(shape_weight, ema))}
     trained = time.time() - started  # near 0 when an earlier run left the file
     if plain:
-        paths["plain"] = train(pipe, slug, 0.0, 0.0, WORK / "plain")
+        paths["plain"] = train(pipe, slug, 0.0, 0.0, "plain")
     service = LoratlasService(ServiceConfig(device="cpu"))
     judges = Judges.load(JUDGES_DIR)
     noise = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -112,7 +115,8 @@ def measure(slug: str, shape_weight: float, ema: float, prompts: int, plain: boo
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--styles", default=",".join(sorted(STYLES)[::2]))
+    parser.add_argument("--styles", default=",".join(sorted(STYLES)[::2]),
+                        help="comma-separated slugs, or 'all'")
     parser.add_argument("--prompts", type=int, default=40)
     parser.add_argument("--shape-weight", type=float, default=0.0)
     parser.add_argument("--ema", type=float, default=0.0,
@@ -124,7 +128,8 @@ def main() -> None:
     if not args.shape_weight and not args.ema:
         parser.error("name a recipe to compare with the shipped one: --shape-weight or --ema")
     out = Path(args.out or RESULTS / f"lora_recipe_{tag(args.shape_weight, args.ema)}.md")
-    slugs = [s.strip() for s in args.styles.split(",") if s.strip()]
+    slugs = sorted(STYLES) if args.styles == "all" else \
+        [s.strip() for s in args.styles.split(",") if s.strip()]
     unknown = [s for s in slugs if s not in STYLES]
     if unknown:
         parser.error(f"--styles: not starter styles: {', '.join(unknown)}")
@@ -139,7 +144,8 @@ def main() -> None:
     recipe = " and ".join([f"shape term W = {args.shape_weight:g}"] * bool(args.shape_weight)
                           + [f"EMA {args.ema:g}"] * bool(args.ema))
     titles = {"shipped": "shipped", "candidate": recipe, "plain": "shipped recipe, retrained"}
-    command = (f"`.venv/bin/python benchmarks/lora_recipe.py --styles {','.join(slugs)} "
+    listed = "all" if slugs == sorted(STYLES) else ",".join(slugs)
+    command = (f"`.venv/bin/python benchmarks/lora_recipe.py --styles {listed} "
                f"--prompts {args.prompts} --shape-weight {args.shape_weight:g} "
                f"--ema {args.ema:g} --workers {args.workers}"
                + (" --plain" if args.plain else "") + "`")
