@@ -61,9 +61,11 @@ def train(pipe, slug: str, shape_weight: float, ema: float, name: str) -> Path:
 
 
 def fingerprint(lora: Path, judges: Path) -> str:
-    """Names what a measurement depends on: the LoRA file's bytes and the judges' weights."""
+    """Names what a measurement depends on: the LoRA file's bytes, the base UNet's and the
+    judges' weights."""
     digest = hashlib.sha256(lora.read_bytes())
-    for path in sorted(judges.glob("*.safetensors")):
+    for path in [PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors",
+                 *sorted(judges.glob("*.safetensors"))]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -108,7 +110,9 @@ def measure(slug: str, shape_weight: float, ema: float, prompts: int, plain: boo
         out[name] = {"style": style, "content": content,
                      "reliance": [rise(pair) for pair in bands[1:3]]}  # t 200–799
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(out[name]))
+        partial = record.with_suffix(".tmp")
+        partial.write_text(json.dumps(out[name]))
+        partial.replace(record)  # a crash never leaves half a record to be read back
     print(slug, {k: v for k, v in out.items() if isinstance(v, dict)}, flush=True)
     return out
 
