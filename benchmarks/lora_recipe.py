@@ -194,8 +194,8 @@ def main() -> None:
               f"{sum(c < 0 for c in change)})",
               "", "Training one LoRA with this recipe: "
               f"{np.mean([r['train_seconds'] for r in rows]):.0f} s per style in a worker "
-              f"({args.workers} workers, one thread each). Wall time "
-              f"{time.time() - started:.0f} s."]
+              f"({args.workers} workers, one thread each; 0 for files an earlier run left in "
+              f"`.cache/lora_recipe/`). Wall time {time.time() - started:.0f} s."]
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
