@@ -104,8 +104,8 @@ def drop_stale_loras(plan: BuildPlan | None = None) -> list[Path]:
     if not MANIFEST.is_file():
         return []
     manifest = json.loads(MANIFEST.read_text())
-    built = {**_recipe(BuildPlan()), "lora_ema": 0.0,
-             **{k: manifest[k] for k in _recipe(BuildPlan()) if k in manifest}}
+    defaults = {**_recipe(BuildPlan()), "lora_ema": 0.0}  # for keys older manifests lack
+    built = {key: manifest.get(key, value) for key, value in defaults.items()}
     if manifest.get("base") == _base_key() and (plan is None or built == _recipe(plan)):
         return []
     stale = sorted(LORA_DIR.glob("*.safetensors"))
