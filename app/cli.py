@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--unet-steps", type=int)
     b.add_argument("--lora-steps", type=int)
     b.add_argument("--lora-ema", type=float, metavar="DECAY",
-                   help="keep a moving average of each style LoRA's weights (0.99 is measured "
-                        "in benchmarks/lora_recipe.py; the shipped pack has none)")
+                   help="decay of the moving average kept of each style LoRA's weights "
+                        "(default 0.99, as shipped; 0 keeps the last step's weights; "
+                        "measured in benchmarks/lora_recipe.py)")
     b.add_argument("--schedule-steps", type=int,
                    help="fine-tuning steps that move an epsilon-prediction base to zero-SNR v")
 

@@ -42,7 +42,7 @@ class BuildPlan:
     lora_lr: float = 3e-3
     lora_rank: int = 8
     lora_pool: int = 800  # distinct training scenes per style LoRA (4000: see README)
-    lora_ema: float = 0.0  # decay of the LoRA weights' moving average; 0: the last step's
+    lora_ema: float = 0.99  # decay of the LoRA weights' moving average; 0: the last step's
     seed: int = 0
     work: Path = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas")) \
         / "starter-build"
