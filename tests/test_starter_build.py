@@ -96,13 +96,13 @@ def test_loras_of_another_base_are_dropped_before_the_loras_stage(tmp_path, monk
     build.MANIFEST.write_text(json.dumps({"styles": []}))  # the epsilon-prediction pack's
     assert build.drop_stale_loras() == [loras / "sepia.safetensors"]
     assert not build.MANIFEST.exists() and not list(loras.iterdir())
-    # another recipe: the pack's manifest (no lora_ema) is kept for the pack's own plan
+    # another recipe: a manifest without lora_ema was built without it (decay 0)
     (loras / "sepia.safetensors").write_bytes(b"x")
     shipped = {"base": build._base_key(), "lora_steps": 400, "lora_batch": 8, "lora_lr": 3e-3,
                "lora_rank": 8, "lora_pool": 800, "styles": []}
     build.MANIFEST.write_text(json.dumps(shipped))
-    assert build.drop_stale_loras(build.BuildPlan()) == []
-    assert build.drop_stale_loras(build.BuildPlan(lora_ema=0.99)) == [loras / "sepia.safetensors"]
+    assert build.drop_stale_loras(build.BuildPlan(lora_ema=0.0)) == []
+    assert build.drop_stale_loras(build.BuildPlan()) == [loras / "sepia.safetensors"]  # 0.99
 
 
 def test_style_lora_trains_and_saves_in_each_layout(tiny_pipeline_dir, tmp_path):
@@ -197,3 +197,24 @@ def test_shipped_loras_are_the_28_styles_and_read_as_starter_loras():
     assert len(manifest["styles"]) == 28
     info = json.loads((PIPELINE_DIR / MODEL_CARD).read_text())
     assert manifest["base"] == {k: info.get(k) for k in manifest["base"]}  # trained on this base
+
+
+def test_style_word_tuning_moves_the_unet_and_records_it(tmp_path):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from styles.tokenizer import write_clip_tokenizer_files
+
+    vae = base_model.train_vae(tmp_path, steps=1, batch=2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**base_model.TEXT_CONFIG)).eval()
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel(**base_model.UNET_CONFIG)
+    folder = tmp_path / "pipeline"
+    base_model.save_pipeline(folder, vae, unet, text_encoder,
+                             write_clip_tokenizer_files(tmp_path / "tok"), {"unet_steps": 1})
+    before = StableDiffusionPipeline.from_pretrained(folder).unet.conv_in.weight.clone()
+    base_model.tune_style_words(folder, tmp_path / "work", steps=1, pool_size=4)
+    info = json.loads((folder / MODEL_CARD).read_text())
+    assert info["style_word_steps"] == 1 and info["unet_steps"] == 1
+    after = StableDiffusionPipeline.from_pretrained(folder).unet.conv_in.weight
+    assert not torch.equal(after, before)
