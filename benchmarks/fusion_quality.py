@@ -38,7 +38,7 @@ from styles.starter.paths import JUDGES_DIR, PIPELINE_DIR, STARTER_DIR, starter_
 from styles.starter.world import content_labels, sample_scene
 
 SEED = 20_000
-MODES = ("merge", "switch", "composite", "cmlora", "gated")  # also: gated-prior
+MODES = ("base", "merge", "switch", "composite", "cmlora", "gated")  # also: gated-prior
 GATES = STARTER_DIR / "gates" / "gates.json"
 TRUTH_ROWS = {"ground truth": False, "ground truth through the VAE": True}
 
@@ -86,9 +86,10 @@ class Bench:
         self._render = None  # the base's VAE round trip, loaded on first use
 
     def image(self, mode: str, case: dict) -> np.ndarray:
-        """One image; "gated-prior" is gated with the learned network switched off."""
+        """One image; "gated-prior" is gated with the learned network switched off; "base" is
+        the base model alone on the same prompt (what the prompt's words do without LoRAs)."""
         uses = [LoraUse(self.loras[s][0], s, 1.0, frequency=self.loras[s][1])
-                for s in case["styles"]]
+                for s in case["styles"] if mode != "base"]
         engine = self.engine
         network = engine.gate_network, engine.gate_network_id
         if mode == "gated-prior":
@@ -97,7 +98,8 @@ class Bench:
             apply = self.gated_apply if mode.startswith("gated") else "adapters"
             recipe = engine.recipe_for(case["prompt"], uses, seed=case["seed"],
                                        steps=self.steps, width=64, height=64,
-                                       mode=mode.split("-")[0], apply=apply)
+                                       mode="merge" if mode == "base" else mode.split("-")[0],
+                                       apply=apply)
             out = engine.generate(recipe, uses)
         finally:
             engine.gate_network, engine.gate_network_id = network
@@ -249,7 +251,8 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
         "The *ground truth* rows judge the exact images `apply_styles` draws for the same "
         "scenes and styles, as drawn and after the base model's VAE (encode, decode: the best "
         "any mode could render). They are the ceiling these judges allow: on compositions the "
-        "style judge misses styles even in exact images.", "",
+        "style judge misses styles even in exact images. The *base* row is the base model with "
+        "no LoRA on the same prompts: what the prompt's words alone do to the content.", "",
         "## Multi-style prompts", "",
         "| mode | 2 styles: success | all styles | style rate | content | "
         "3 styles: success | all styles | style rate | content | s / image |",
