@@ -218,3 +218,27 @@ def test_style_word_tuning_moves_the_unet_and_records_it(tmp_path):
     assert info["style_word_steps"] == 1 and info["unet_steps"] == 1
     after = StableDiffusionPipeline.from_pretrained(folder).unet.conv_in.weight
     assert not torch.equal(after, before)
+
+
+def test_base_stage_tunes_style_words_once(tmp_path, monkeypatch):
+    from styles.starter import base_model as bm
+    from styles.starter import build
+
+    pipeline = tmp_path / "pipeline"
+    pipeline.mkdir()
+    (pipeline / "model_index.json").write_text("{}")
+    card = pipeline / MODEL_CARD
+    card.write_text(json.dumps({"unet_steps": 5000, "prediction_type": "v_prediction"}))
+    monkeypatch.setattr(build, "PIPELINE_DIR", pipeline)
+    calls = []
+
+    def tune(folder, work, steps, seed=0, progress=None):
+        calls.append(steps)
+        card.write_text(json.dumps({**json.loads(card.read_text()), "style_word_steps": steps}))
+
+    monkeypatch.setattr(bm, "tune_style_words", tune)
+    plan = build.BuildPlan(work=tmp_path / "work")
+    build._build_or_convert_base(plan)
+    build._build_or_convert_base(plan)  # already tuned: kept
+    assert calls == [plan.style_word_steps]
+    assert build._base_key()["style_word_steps"] == plan.style_word_steps

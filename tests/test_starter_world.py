@@ -275,3 +275,29 @@ def test_swapped_captions_change_one_shape_and_leave_the_batch_as_it_was():
         ops = difflib.SequenceMatcher(None, own.split(), lie.split()).get_opcodes()
         edits = [(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal"]
         assert len(edits) == 1 and max(edits[0]) <= 3, (own, lie)
+
+
+def test_style_word_captions_describe_styles_the_image_does_not_have():
+    from styles.starter.data import style_word_batch
+    from styles.starter.world import caption, render_scene
+
+    slugs = sorted(STYLES)
+    images, captions = style_word_batch(np.random.default_rng(4), 40, slugs, share=0.5)
+    again = style_word_batch(np.random.default_rng(4), 40, slugs, share=0.5)
+    assert np.array_equal(images, again[0]) and captions == again[1]
+    # the images are the plain scenes: replaying the draws renders them unstyled
+    rng = np.random.default_rng(4)
+    worded = 0
+    for image, text in zip(images, captions, strict=True):
+        scene = sample_scene(rng)
+        assert np.array_equal(image, render_scene(scene, image.shape[0]))
+        if rng.random() < 0.5:
+            chosen = rng.choice(len(slugs), size=int(rng.integers(1, 4)), replace=False)
+            assert text == styled_caption(scene, [slugs[int(j)] for j in chosen], rng)
+            worded += 1
+        else:
+            assert text == caption(scene, rng)
+    assert 10 < worded < 30
+    plain = style_word_batch(np.random.default_rng(4), 20, slugs, share=0.0)[1]
+    phrases = [p for spec in STYLES.values() for p in spec.phrases]
+    assert not any(p in text for p in phrases for text in plain)

@@ -37,6 +37,7 @@ class BuildPlan:
     vae_steps: int = 1200
     unet_steps: int = 5000
     schedule_steps: int = 1500  # fine-tuning an epsilon-prediction base into zero-SNR v-pred
+    style_word_steps: int = 2000  # fine-tuning the base to read style words as no content
     lora_steps: int = 400
     lora_batch: int = 8
     lora_lr: float = 3e-3
@@ -141,13 +142,15 @@ def _base_info() -> dict | None:
 def _base_key() -> dict:
     """What the style LoRAs depend on: a LoRA trained on another base is retrained."""
     info = _base_info() or {}
-    return {k: info.get(k) for k in ("unet_steps", "prediction_type", "schedule_steps")}
+    return {k: info.get(k) for k in ("unet_steps", "prediction_type", "schedule_steps",
+                                     "style_word_steps")}
 
 
 def _build_or_convert_base(plan: BuildPlan) -> None:
     """Train the base when there is none (or for other UNet steps); fine-tune an
-    epsilon-prediction base into the zero-SNR v-prediction schedule; else keep it."""
-    from styles.starter.base_model import SCHEDULE, build_base, convert_base
+    epsilon-prediction base into the zero-SNR v-prediction schedule; then fine-tune it on
+    style-word captions unless it was (a base already tuned is kept, whatever its steps)."""
+    from styles.starter.base_model import SCHEDULE, build_base, convert_base, tune_style_words
 
     info = _base_info() or {}
     if info.get("unet_steps") != plan.unet_steps:
@@ -156,6 +159,9 @@ def _build_or_convert_base(plan: BuildPlan) -> None:
     elif info.get("prediction_type") != SCHEDULE["prediction_type"]:
         convert_base(PIPELINE_DIR, plan.work, plan.schedule_steps, plan.seed,
                      progress=_bar("unet to zero-SNR v-prediction"))
+    if (_base_info() or {}).get("style_word_steps") is None:
+        tune_style_words(PIPELINE_DIR, plan.work, plan.style_word_steps, plan.seed,
+                         progress=_bar("unet on style-word captions"))
 
 
 def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("clip", "base", "loras",

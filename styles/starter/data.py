@@ -55,6 +55,24 @@ def _batch(rng: np.random.Generator, n: int, slugs: Sequence[str], n_objects: in
     return images, captions, swapped
 
 
+def style_word_batch(rng: np.random.Generator, n: int, slugs: Sequence[str], share: float
+                     ) -> tuple[np.ndarray, list[str]]:
+    """n unstyled images whose captions, with probability `share`, also describe one to three
+    styles drawn from `slugs` (as `styled_caption` words them): the image does not change, so a
+    base trained on them learns that style words say nothing about the content."""
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    captions = []
+    for i in range(n):
+        scene = sample_scene(rng)
+        images[i] = render_scene(scene, IMAGE_SIZE)
+        if rng.random() < share:
+            chosen = rng.choice(len(slugs), size=int(rng.integers(1, 4)), replace=False)
+            captions.append(styled_caption(scene, [slugs[int(j)] for j in chosen], rng))
+        else:
+            captions.append(caption(scene, rng))
+    return images, captions
+
+
 def to_tensor_layout(images: np.ndarray) -> np.ndarray:
     """(n, h, w, 3) in [0, 1] → (n, 3, h, w) in [-1, 1], as diffusers' VAE expects."""
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2) * 2.0 - 1.0, dtype=np.float32)
