@@ -322,7 +322,9 @@ def tune_style_words(folder: Path, work: Path, steps: int, seed: int = 0,
     cells like an arcade screen") as content: with a three-style prompt it drew the prompted
     shape and colour in 7.5% of images against 100% with the plain caption. Real bases know
     style words as style; here they learn that such words leave the content alone, and the
-    style LoRAs (retrained on this base) give them their look."""
+    style LoRAs (retrained on this base) give them their look. Measured and not shipped: the
+    words view of retrieval loses its signal on such a base
+    (benchmarks/results/style_word_base.md)."""
     from diffusers import StableDiffusionPipeline
 
     from styles.starter.data import style_word_batch

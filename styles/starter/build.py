@@ -37,7 +37,7 @@ class BuildPlan:
     vae_steps: int = 1200
     unet_steps: int = 5000
     schedule_steps: int = 1500  # fine-tuning an epsilon-prediction base into zero-SNR v-pred
-    style_word_steps: int = 2000  # fine-tuning the base to read style words as no content
+    style_word_steps: int = 0  # fine-tuning the base on style-word captions (off: see README)
     lora_steps: int = 400
     lora_batch: int = 8
     lora_lr: float = 3e-3
@@ -159,7 +159,7 @@ def _build_or_convert_base(plan: BuildPlan) -> None:
     elif info.get("prediction_type") != SCHEDULE["prediction_type"]:
         convert_base(PIPELINE_DIR, plan.work, plan.schedule_steps, plan.seed,
                      progress=_bar("unet to zero-SNR v-prediction"))
-    if (_base_info() or {}).get("style_word_steps") is None:
+    if plan.style_word_steps and (_base_info() or {}).get("style_word_steps") is None:
         tune_style_words(PIPELINE_DIR, plan.work, plan.style_word_steps, plan.seed,
                          progress=_bar("unet on style-word captions"))
 
