@@ -237,8 +237,10 @@ def test_base_stage_tunes_style_words_once(tmp_path, monkeypatch):
         card.write_text(json.dumps({**json.loads(card.read_text()), "style_word_steps": steps}))
 
     monkeypatch.setattr(bm, "tune_style_words", tune)
+    untuned = build._base_key()
+    assert "style_word_steps" not in untuned  # the shipped manifest's key still matches
     build._build_or_convert_base(build.BuildPlan(work=tmp_path / "work"))  # off by default
-    assert calls == []
+    assert calls == [] and build._base_key() == untuned
     plan = build.BuildPlan(work=tmp_path / "work", style_word_steps=2000)
     build._build_or_convert_base(plan)
     build._build_or_convert_base(plan)  # already tuned: kept

@@ -142,8 +142,10 @@ def _base_info() -> dict | None:
 def _base_key() -> dict:
     """What the style LoRAs depend on: a LoRA trained on another base is retrained."""
     info = _base_info() or {}
-    return {k: info.get(k) for k in ("unet_steps", "prediction_type", "schedule_steps",
-                                     "style_word_steps")}
+    key = {k: info.get(k) for k in ("unet_steps", "prediction_type", "schedule_steps")}
+    if info.get("style_word_steps"):  # only a tuned base records it (older manifests lack it)
+        key["style_word_steps"] = info["style_word_steps"]
+    return key
 
 
 def _build_or_convert_base(plan: BuildPlan) -> None:
