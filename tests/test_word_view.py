@@ -170,7 +170,7 @@ def test_shipped_neon_night_reacts_to_its_own_words_and_an_unseen_upload_gets_th
     # original is taken out first: of two near-duplicates only one is ever shown)
     library.retriever.remove_style("neon-night")
     hits = library.retriever.retrieve("a star glowing like a neon sign at night", k=3)
-    assert [h.slug for h in hits] == [entry.id]
+    assert hits and hits[0].slug == entry.id  # the best hit (others may pass the threshold)
     assert hits[0].reasons["weights_react_to"] == entry.extra["weight_words"]
 
 
