@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -35,10 +36,11 @@ from styles.reader import ReadOptions, read_lora
 from styles.starter.judges import Judges, vae_renderer
 from styles.starter.looks import clashing_pairs, styled_caption
 from styles.starter.paths import JUDGES_DIR, PIPELINE_DIR, STARTER_DIR, starter_loras
-from styles.starter.world import content_labels, sample_scene
+from styles.starter.world import caption, content_labels, sample_scene
 
 SEED = 20_000
-MODES = ("base", "merge", "switch", "composite", "cmlora", "gated")  # also: gated-prior
+MODES = ("base", "merge", "switch", "composite", "cmlora", "gated")
+# also (ablations of gated): gated-prior, gated-gates, merge+composition
 GATES = STARTER_DIR / "gates" / "gates.json"
 TRUTH_ROWS = {"ground truth": False, "ground truth through the VAE": True}
 
@@ -56,27 +58,34 @@ def held_out_sets(k: int, available: set[str]) -> list[tuple[str, ...]]:
 
 
 def cases(sets: list[tuple[str, ...]], n: int, seed: int) -> list[dict]:
-    """n prompts: a held-out style set, a fresh scene, its styled caption and labels."""
+    """n prompts: a held-out style set, a fresh scene, its styled caption and labels; also
+    "content", the caption of the scene alone that the styled caption opens with."""
     rng = np.random.default_rng(seed)
     chosen = [sets[int(i)] for i in rng.permutation(len(sets))[:n]]
     out = []
     for i, style_set in enumerate(chosen):
         scene = sample_scene(rng, n_objects=1)
-        out.append({"styles": list(style_set), "prompt": styled_caption(scene, style_set, rng),
-                     "labels": content_labels(scene), "scene": scene, "seed": seed + i})
+        content = caption(scene, copy.deepcopy(rng))  # styled_caption's own first draw
+        prompt = styled_caption(scene, style_set, rng)
+        assert content in prompt, (content, prompt)
+        out.append({"styles": list(style_set), "prompt": prompt, "content": content,
+                    "labels": content_labels(scene), "scene": scene, "seed": seed + i})
     return out
 
 
 class Bench:
     """The starter engine, its LoRAs (with their stored frequency profiles) and the judges."""
 
-    def __init__(self, steps: int, gated_apply: str) -> None:
+    def __init__(self, steps: int, gated_apply: str, gates: Path = GATES.parent) -> None:
         base = load_base(PIPELINE_DIR, device="cpu")
         base.pipe.set_progress_bar_config(disable=True)
-        self.engine = GenerationEngine(base, adapter_capacity=8)
+        self.engine = GenerationEngine(
+            base, adapter_capacity=8,
+            gate_network=gates if (gates / "gates.safetensors").is_file() else None)
         self.steps, self.gated_apply = steps, gated_apply
         self.files = starter_loras()
-        profiles = json.loads(GATES.read_text()).get("profiles", {}) if GATES.is_file() else {}
+        record = gates / GATES.name
+        profiles = json.loads(record.read_text()).get("profiles", {}) if record.is_file() else {}
         self.loras = {}
         for slug, path in self.files.items():
             lora = read_lora(path, ReadOptions(base_table=base.table))
@@ -86,23 +95,33 @@ class Bench:
         self._render = None  # the base's VAE round trip, loaded on first use
 
     def image(self, mode: str, case: dict) -> np.ndarray:
-        """One image; "gated-prior" is gated with the learned network switched off; "base" is
-        the base model alone on the same prompt (what the prompt's words do without LoRAs)."""
+        """One image. Besides the five modes: "base", the base model alone on the same prompt
+        (what the prompt's words do without LoRAs); ablations of gated: "gated-prior" (no
+        learned network, so no composition adapter either), "gated-gates" (the learned gates
+        without the composition adapter), "merge+composition" (the adapter with merge's flat
+        weights)."""
         uses = [LoraUse(self.loras[s][0], s, 1.0, frequency=self.loras[s][1])
                 for s in case["styles"] if mode != "base"]
         engine = self.engine
-        network = engine.gate_network, engine.gate_network_id
+        saved = engine.gate_network, engine.gate_network_id, engine.composition
         if mode == "gated-prior":
-            engine.gate_network, engine.gate_network_id = None, ""
+            engine.gate_network, engine.gate_network_id, engine.composition = None, "", None
+        elif mode == "gated-gates":
+            engine.composition = None
+            engine.gate_network_id = engine.gate_network_id.split("+composition-")[0]
+        elif mode == "merge+composition":
+            if engine.composition is None:
+                raise SystemExit("merge+composition: these gates have no composition adapter")
+            uses.append(LoraUse(engine.composition, "composition"))
         try:
             apply = self.gated_apply if mode.startswith("gated") else "adapters"
+            base_mode = "merge" if mode == "base" else mode.split("-")[0].split("+")[0]
             recipe = engine.recipe_for(case["prompt"], uses, seed=case["seed"],
                                        steps=self.steps, width=64, height=64,
-                                       mode="merge" if mode == "base" else mode.split("-")[0],
-                                       apply=apply)
+                                       mode=base_mode, apply=apply)
             out = engine.generate(recipe, uses)
         finally:
-            engine.gate_network, engine.gate_network_id = network
+            engine.gate_network, engine.gate_network_id, engine.composition = saved
         self.seconds.setdefault(mode, []).append(out.seconds_per_image)
         return out.images[0]
 
@@ -118,6 +137,13 @@ class Bench:
         return self.judge_array(images_as_array(images), batch)
 
     def judge_array(self, array: np.ndarray, batch: list[dict]) -> dict:
+        rows = self.judge_rows(array, batch)
+        return {key: float(np.mean([r[key] for r in rows]))
+                for key in ("success", "all_styles", "style_rate", "content")}
+
+    def judge_rows(self, images, batch: list[dict]) -> list[dict]:
+        """One verdict per case: every style found, content right, both, share found."""
+        array = images if isinstance(images, np.ndarray) else images_as_array(images)
         detected = self.judges.styles(array)
         content = self.judges.content(array)
         rows = []
@@ -129,8 +155,7 @@ class Bench:
             rows.append({"all_styles": all(styles_hit), "content": right,
                          "style_rate": float(np.mean(styles_hit)),
                          "success": all(styles_hit) and right})
-        return {key: float(np.mean([r[key] for r in rows]))
-                for key in ("success", "all_styles", "style_rate", "content")}
+        return rows
 
 
 def contact_sheet(bench: Bench, sheet_cases: list[dict], modes, path) -> None:
@@ -171,6 +196,8 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--gated-apply", choices=["fused", "adapters"], default="fused")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gates", default=str(GATES.parent),
+                        help="folder of the learned gate network (and composition adapter)")
     parser.add_argument("--sheet-only", action="store_true")
     parser.add_argument("--no-sheet", action="store_true")
     parser.add_argument("--single-modes", default="gated",
@@ -180,7 +207,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
-    bench = Bench(args.steps, args.gated_apply)
+    bench = Bench(args.steps, args.gated_apply, Path(args.gates))
     if not bench.files:
         raise SystemExit("no starter LoRAs (styles/data/starter/loras): nothing to measure")
     available = set(bench.files)
@@ -221,11 +248,13 @@ def main() -> None:
 
 
 def write_results(args, modes, multi, table, singles, single_rows, bench, minutes) -> None:
-    gates = json.loads(GATES.read_text()) if GATES.is_file() else None
+    record = Path(args.gates) / GATES.name
+    gates = json.loads(record.read_text()) if record.is_file() else None
     command = (f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_quality.py --per-k "
                f"{args.per_k} --per-style {args.per_style} --steps {args.steps} --modes "
                f"{','.join(modes)} --single-modes {args.single_modes} --gated-apply "
-               f"{args.gated_apply}")
+               f"{args.gated_apply}" + (f" --gates {args.gates}"
+                                        if Path(args.gates) != GATES.parent else ""))
     lines = [
         "# Fusion quality: several starter styles in one image, per mode", "",
         machine_line(), f"Command: `{command}` ({minutes:.0f} min, 1 torch thread, machine "
@@ -281,6 +310,10 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
                   f"Command: `{gates.get('command', '')}`. Held-out diffusion loss, merge → "
                   f"learned: 2 styles {held['merge']['k2']:.4f} → {held['learned']['k2']:.4f}, "
                   f"3 styles {held['merge']['k3']:.4f} → {held['learned']['k3']:.4f}."]
+        if "learned+composition" in held:
+            both = held["learned+composition"]
+            lines[-1] += (f" With the composition adapter too: 2 styles {both['k2']:.4f}, "
+                          f"3 styles {both['k3']:.4f}.")
     lines += ["", "Contact sheet: `docs/fusion_modes.png` (ground truth, then each mode)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
