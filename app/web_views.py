@@ -273,8 +273,7 @@ def gate_array(gate_map: dict) -> tuple[np.ndarray, list[str], list[str]] | None
         loras = [str(x) for x in gate_map.get("loras", range(array.shape[2]))]
         sources = gate_map.get("sources") or []
         if len(sources) == len(loras):  # where each LoRA's gates came from (user, learned…)
-            loras = [name if source == name else f"{name} ({source})"  # the composition adapter
-                     for name, source in zip(loras, sources, strict=True)]
+            loras = [f"{name} ({source})" for name, source in zip(loras, sources, strict=True)]
         return array, layers, loras
     try:
         loras = list(gate_map)

@@ -39,8 +39,7 @@ from styles.starter.paths import JUDGES_DIR, PIPELINE_DIR, STARTER_DIR, starter_
 from styles.starter.world import caption, content_labels, sample_scene
 
 SEED = 20_000
-MODES = ("base", "merge", "switch", "composite", "cmlora", "gated")
-# also (ablations of gated): gated-prior, gated-gates, merge+composition
+MODES = ("base", "merge", "switch", "composite", "cmlora", "gated")  # also: gated-prior
 GATES = STARTER_DIR / "gates" / "gates.json"
 TRUTH_ROWS = {"ground truth": False, "ground truth through the VAE": True}
 
@@ -95,33 +94,23 @@ class Bench:
         self._render = None  # the base's VAE round trip, loaded on first use
 
     def image(self, mode: str, case: dict) -> np.ndarray:
-        """One image. Besides the five modes: "base", the base model alone on the same prompt
-        (what the prompt's words do without LoRAs); ablations of gated: "gated-prior" (no
-        learned network, so no composition adapter either), "gated-gates" (the learned gates
-        without the composition adapter), "merge+composition" (the adapter with merge's flat
-        weights)."""
+        """One image; "gated-prior" is gated with the learned network switched off; "base" is
+        the base model alone on the same prompt (what the prompt's words do without LoRAs)."""
         uses = [LoraUse(self.loras[s][0], s, 1.0, frequency=self.loras[s][1])
                 for s in case["styles"] if mode != "base"]
         engine = self.engine
-        saved = engine.gate_network, engine.gate_network_id, engine.composition
+        network = engine.gate_network, engine.gate_network_id
         if mode == "gated-prior":
-            engine.gate_network, engine.gate_network_id, engine.composition = None, "", None
-        elif mode == "gated-gates":
-            engine.composition = None
-            engine.gate_network_id = engine.gate_network_id.split("+composition-")[0]
-        elif mode == "merge+composition":
-            if engine.composition is None:
-                raise SystemExit("merge+composition: these gates have no composition adapter")
-            uses.append(LoraUse(engine.composition, "composition"))
+            engine.gate_network, engine.gate_network_id = None, ""
         try:
             apply = self.gated_apply if mode.startswith("gated") else "adapters"
-            base_mode = "merge" if mode == "base" else mode.split("-")[0].split("+")[0]
             recipe = engine.recipe_for(case["prompt"], uses, seed=case["seed"],
                                        steps=self.steps, width=64, height=64,
-                                       mode=base_mode, apply=apply)
+                                       mode="merge" if mode == "base" else mode.split("-")[0],
+                                       apply=apply)
             out = engine.generate(recipe, uses)
         finally:
-            engine.gate_network, engine.gate_network_id, engine.composition = saved
+            engine.gate_network, engine.gate_network_id = network
         self.seconds.setdefault(mode, []).append(out.seconds_per_image)
         return out.images[0]
 
@@ -197,7 +186,7 @@ def main() -> None:
     parser.add_argument("--gated-apply", choices=["fused", "adapters"], default="fused")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gates", default=str(GATES.parent),
-                        help="folder of the learned gate network (and composition adapter)")
+                        help="folder of the learned gate network to measure")
     parser.add_argument("--sheet-only", action="store_true")
     parser.add_argument("--no-sheet", action="store_true")
     parser.add_argument("--single-modes", default="gated",
@@ -310,10 +299,6 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
                   f"Command: `{gates.get('command', '')}`. Held-out diffusion loss, merge → "
                   f"learned: 2 styles {held['merge']['k2']:.4f} → {held['learned']['k2']:.4f}, "
                   f"3 styles {held['merge']['k3']:.4f} → {held['learned']['k3']:.4f}."]
-        if "learned+composition" in held:
-            both = held["learned+composition"]
-            lines[-1] += (f" With the composition adapter too: 2 styles {both['k2']:.4f}, "
-                          f"3 styles {both['k3']:.4f}.")
     lines += ["", "Contact sheet: `docs/fusion_modes.png` (ground truth, then each mode)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

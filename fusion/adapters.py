@@ -72,14 +72,10 @@ class AdapterSet:
 
     def _evict(self) -> None:
         while len(self._loaded) > self.capacity:
-            self.drop(next(iter(self._loaded)))
-
-    def drop(self, name: str) -> None:
-        """Remove an adapter from every layer (a no-op for a name not loaded)."""
-        self._loaded.pop(name, None)
-        for layer in self.layers():
-            if name in layer.lora_A:
-                layer.delete_adapter(name)
+            name, _ = self._loaded.popitem(last=False)
+            for layer in self.layers():
+                if name in layer.lora_A:
+                    layer.delete_adapter(name)
 
     def layers(self) -> list[LoraLayer]:
         return [m for model in self.components.values() for m in model.modules()

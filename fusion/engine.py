@@ -6,9 +6,7 @@ Modes (Recipe.mode), all behind the one `generate`:
 - composite: LoRA Composite, one UNet pass per LoRA per step, guidance averaged;
 - cmlora: CMLoRA, frequency-ordered dominant LoRA with cached residuals (fusion.cmlora);
 - gated: a weight per (layer, step, LoRA) from the user's schedule, the learned gate network
-  or the frequency prior, applied once per step with one UNet pass (fusion.gates); with the
-  learned gates, the composition adapter trained beside them joins any blend of two or more
-  LoRAs at weight 1.
+  or the frequency prior, applied once per step with one UNet pass (fusion.gates).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from fusion.cmlora import cmlora_image, order_by_frequency
 from fusion.composite import composite_image
 from fusion.frequency import frequency_profile, high_frequency_score
 from fusion.gates import (
-    COMPOSITION_FILE,
     FusedGates,
     GateMap,
     GateNetwork,
@@ -44,9 +41,6 @@ from fusion.recipe import Recipe, RecipeLora
 from fusion.weights import WeightSchedule, validate_block_weights
 from styles.errors import WrongFamily
 from styles.lora import LoraFile
-from styles.reader import ReadOptions, read_lora
-
-COMPOSITION_REF = "composition"  # how the composition adapter is named in gate maps
 
 
 @dataclass
@@ -90,7 +84,6 @@ class GenerationEngine:
         self.base = base
         self.adapters = AdapterSet(base.components, capacity=adapter_capacity)
         self._lock = threading.Lock()
-        self.composition: LoraFile | None = None  # trained with the gate network, if it was
         self.gate_network, self.gate_network_id = self._load_gates(gate_network)
         self.profiles: dict[str, list[float]] = {}  # sha256 → frequency profile
         self._probe_images: dict = {}  # the base model's probe images, for profiling
@@ -109,12 +102,7 @@ class GenerationEngine:
         if net.config.base_fingerprint != base_fingerprint(self.base.pipe):
             return None, ""
         digest = sum(float(p.detach().double().abs().sum()) for p in net.parameters())
-        identity = f"{net.config.lora_features}-{digest:.6f}"
-        if not isinstance(source, GateNetwork) and (Path(source) / COMPOSITION_FILE).is_file():
-            self.composition = read_lora(Path(source) / COMPOSITION_FILE,
-                                         ReadOptions(base_table=self.base.table))
-            identity += f"+composition-{self.composition.sha256[:12]}"
-        return net, identity
+        return net, f"{net.config.lora_features}-{digest:.6f}"
 
     @property
     def native_size(self) -> int:
@@ -189,8 +177,6 @@ class GenerationEngine:
         profiles = None
         if recipe.mode in ("cmlora", "gated") and len(uses) > 1:
             profiles = [self.profile(u) for u in uses]
-        if self._composes(recipe, uses):
-            uses = [*uses, LoraUse(self.composition, COMPOSITION_REF)]
         start = time.perf_counter()
         with self._lock:
             # 3. activate this request's adapters only (injected outside inference mode, so
@@ -256,31 +242,19 @@ class GenerationEngine:
         alone runs at its own weight (and schedule), exactly as merge runs it."""
         return self.gate_network is not None and len(uses) > 1
 
-    def _composes(self, recipe: Recipe, uses: list[LoraUse]) -> bool:
-        """Whether the composition adapter joins: gated, with the learned gates it was trained
-        beside blending two or more LoRAs (a LoRA alone, or user schedules only, never)."""
-        return (recipe.mode == "gated" and self.composition is not None
-                and self._blends(uses) and not all(u.user_schedule for u in uses))
-
     def _gates(self, recipe: Recipe, uses: list[LoraUse], active: list[ActiveLora],
                profiles: list | None) -> tuple[GateTable, list[str]]:
-        """The gate table of a gated request: user schedule, else learned, else prior; the
-        composition adapter, when it joined (last), at its weight 1 everywhere."""
+        """The gate table of a gated request: user schedule, else learned, else prior."""
         merge = WeightSchedule({a.adapter: u for a, u in zip(active, uses, strict=True)},
                                recipe.steps)
         targets = self._unet_targets(active)
         user = merge.tabulate([a.adapter for a in active], targets)
-        composed = uses[-1].lora is self.composition
-        own = uses[:-1] if composed else uses
         learned = None
-        if self._blends(own) and not all(u.user_schedule for u in own):
-            learned = self._learned_gates(recipe, own, profiles, targets)
+        if self._blends(uses) and not all(u.user_schedule for u in uses):
+            learned = self._learned_gates(recipe, uses, profiles, targets)
         scores = [high_frequency_score(p) for p in profiles] if profiles else None
-        table, sources = gate_table(user[..., :len(own)], [u.user_schedule for u in own],
-                                    [u.weight for u in own], learned, scores)
-        if composed:
-            table = np.concatenate([table, user[..., -1:]], -1)
-            sources.append(COMPOSITION_REF)
+        table, sources = gate_table(user, [u.user_schedule for u in uses],
+                                    [u.weight for u in uses], learned, scores)
         fallback = {a.adapter: u.weight for a, u in zip(active, uses, strict=True)}
         return GateTable([a.adapter for a in active], targets, table, fallback), sources
 

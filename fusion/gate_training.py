@@ -3,30 +3,25 @@
 Data: ground-truth multi-style images (styles.starter `apply_styles` on rendered scenes),
 captioned with `styled_caption`, encoded by the starter VAE. Loss: the diffusion loss (ε
 prediction, the base model's noise schedule) of the base UNet with the set's LoRAs applied at
-the gates' weights. Only the gate network learns, and with `--composition-rank` the
-composition adapter beside it (a LoRA of its own, at weight 1 on the blends of two or more
-styles; fusion.gates); the base model and the style LoRAs are frozen. Per-sample gates reach
-PEFT's `scaling` through forward pre-hooks, so gradients flow to the network.
+the gates' weights. Only the gate network learns: base model and LoRAs are frozen; per-sample
+gates reach PEFT's `scaling` through forward pre-hooks, so gradients flow to the network.
 
 Style sets of 2 and 3 styles are split by a hash of their names: a `holdout` share is never
 trained on (the quality benchmark uses those, with prompts from other seeds); single styles
 are all trained on, so that one LoRA alone keeps its fidelity.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m fusion.gate_training [--steps 400] [--batch 16]
-        [--composition-rank 8]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import itertools
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,14 +29,12 @@ import torch.nn.functional as F
 
 from fusion.adapters import ActiveLora, LayerScales
 from fusion.gates import (
-    COMPOSITION_FILE,
     GateNetwork,
     GateNetworkConfig,
     base_fingerprint,
     layer_feature_matrix,
     lora_vector,
 )
-from styles.lora import LoraFile, LoraModule
 from styles.starter.base_model import diffusion_target
 from styles.starter.data import to_tensor_layout, world_batch
 from styles.starter.looks import STYLES, canonical_order, clashing_pairs
@@ -60,18 +53,12 @@ class GateTrainingConfig:
     seed: int = field(default=0, metadata={"help": "scenes, noise and set draws"})
     eval_sets: int = field(default=24, metadata={"help": "held-out sets for the eval loss"})
     eval_images: int = field(default=8, metadata={"help": "images per eval set"})
-    composition_rank: int = field(default=0, metadata={
-        "help": "rank of the composition adapter trained with the gates (0: none)"})
-    composition_lr: float = field(default=1e-3, metadata={
-        "help": "its AdamW learning rate"})
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch < 1:
             raise ValueError("steps and batch must be at least 1")
         if not 0 < self.holdout < 1:
             raise ValueError("holdout must be between 0 and 1")
-        if self.composition_rank < 0:
-            raise ValueError("composition_rank must be 0 (none) or positive")
 
 
 def style_sets(k: int, slugs=None) -> list[tuple[str, ...]]:
@@ -146,46 +133,12 @@ class CompositionData:
                 text.pooler_output.float())
 
 
-def empty_composition(template: LoraFile, rank: int, seed: int) -> LoraFile:
-    """A LoRA on the same modules as `template` that changes nothing yet (up = 0, down
-    Gaussian as PEFT initialises it): the composition adapter before training."""
-    generator = torch.Generator().manual_seed(seed)
-    modules = {}
-    for target, module in template.modules.items():
-        down_shape = (rank, *module.down.shape[1:])
-        up_shape = (module.up.shape[0], rank, *module.up.shape[2:])
-        modules[target] = LoraModule(target, module.kind,
-                                     torch.randn(down_shape, generator=generator) / rank,
-                                     torch.zeros(up_shape), 1.0)
-    return dataclasses.replace(template, path=Path(COMPOSITION_FILE), modules=modules,
-                               sha256=f"composition-untrained-{rank}-{seed}", alpha=float(rank),
-                               warnings=[])
-
-
-def composition_modules(engine, adapter: str) -> list[LoraModule]:
-    """The trained composition adapter's factors, read back from its PEFT layers."""
-    modules = []
-    for component, path, layer in engine.adapters.named_layers():
-        if adapter in layer.lora_A:
-            down = layer.lora_A[adapter].weight.detach().clone()
-            modules.append(LoraModule(f"{component}.{path}", "conv" if down.ndim == 4
-                                      else "linear", down,
-                                      layer.lora_B[adapter].weight.detach().clone(), 1.0))
-    return modules
-
-
 def train_gate_network(engine, uses: dict, config: GateTrainingConfig | None = None,
                        progress: Progress | None = None) -> tuple[GateNetwork, dict]:
     """Train a gate network for the LoRAs `uses` (slug → fusion.engine.LoraUse) on `engine`.
 
-    With `config.composition_rank`, a composition adapter (a LoRA on the same modules as
-    the style LoRAs, starting at zero) is trained with it and applied at weight 1 whenever two
-    or more LoRAs are blended: what a blend needs beyond weighting its LoRAs (the base reads
-    the other styles' words as content, and no LoRA learned to undo another's). Its modules
-    are in `report["composition_modules"]` (not JSON: the caller saves them).
-
-    Returns the network and a report: split, eval losses (merge = all gates 1, vs learned,
-    vs learned with the composition adapter) on held-out sets, timing."""
+    Returns the network and a report: split, eval losses (merge = all gates 1, vs learned)
+    on held-out sets, timing."""
     from diffusers import DDPMScheduler
 
     config = config or GateTrainingConfig()
@@ -211,45 +164,23 @@ def train_gate_network(engine, uses: dict, config: GateTrainingConfig | None = N
             vectors.values()))), lora_features="frequency16",
         base_fingerprint=base_fingerprint(pipe)))
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    composition = None
-    if config.composition_rank:
-        with torch.no_grad():
-            template = uses[slugs[0]].lora
-            composition = ActiveLora(engine.adapters.ensure(empty_composition(
-                template, config.composition_rank, config.seed)), template)
-        trained = [p for _, _, layer in engine.adapters.named_layers()
-                   if composition.adapter in layer.lora_A
-                   for p in (layer.lora_A[composition.adapter].weight,
-                             layer.lora_B[composition.adapter].weight)]
-        adapter_optimizer = torch.optim.AdamW(trained, lr=config.composition_lr)
-
-    def mark_trainable() -> None:
-        for p in trained:
-            p.requires_grad_(True)
     noise = DDPMScheduler.from_config(pipe.scheduler.config)
     train_steps = noise.config.num_train_timesteps
     data = CompositionData(pipe)
     splits = {k: split_sets(k, config.holdout, slugs) for k in (1, 2, 3)}
 
-    def loss_of(style_set, batch, t, eps, gates_override=None, compose=True) -> torch.Tensor:
+    def loss_of(style_set, batch, t, eps, gates_override=None) -> torch.Tensor:
         latents, hidden, pooled = batch
-        chosen = [active[s] for s in style_set]
+        names = [active[s].adapter for s in style_set]
+        scales = LayerScales(engine.adapters, [active[s] for s in style_set], lambda *a: 1.0)
+        pipe.unet.requires_grad_(False)  # set_adapter marks adapters trainable again
         gates = gates_override if gates_override is not None else net(
             features, t, pooled, torch.stack([vectors[s] for s in style_set]))
-        if composition and compose and len(style_set) > 1:
-            chosen.append(composition)
-            gates = torch.cat([gates, torch.ones(*gates.shape[:2], 1)], -1)
-        scales = LayerScales(engine.adapters, chosen, lambda *a: 1.0)
-        pipe.unet.requires_grad_(False)  # set_adapter marks adapters trainable again
-        hooks.set([a.adapter for a in chosen], gates)
+        hooks.set(names, gates)
         try:
-            if composition:
-                mark_trainable()
             prediction = pipe.unet(noise.add_noise(latents, eps, t), t, hidden).sample
         finally:
-            scales.release()  # PEFT marks released adapters frozen again: autograd would
-            if composition:  # then drop their gradients, so the adapter is marked again
-                mark_trainable()
+            scales.release()
         return F.mse_loss(prediction, diffusion_target(noise, latents, eps, t))
 
     # 3. a fixed held-out evaluation: sets never trained on, their own scenes and noise
@@ -264,12 +195,12 @@ def train_gate_network(engine, uses: dict, config: GateTrainingConfig | None = N
             eps = torch.randn(batch[0].shape, generator=g)
             eval_cases.append((k, held[int(i)], batch, t, eps))
 
-    def evaluate(learned: bool, compose: bool = False) -> dict[str, float]:
+    def evaluate(learned: bool) -> dict[str, float]:
         losses: dict[int, list[float]] = {2: [], 3: []}
         with torch.no_grad():
             for k, style_set, batch, t, eps in eval_cases:
                 ones = None if learned else torch.ones(len(t), len(layers), k)
-                losses[k].append(loss_of(style_set, batch, t, eps, ones, compose).item())
+                losses[k].append(loss_of(style_set, batch, t, eps, ones).item())
         return {f"k{k}": float(np.mean(v)) for k, v in losses.items() if v}
 
     merge_eval = evaluate(learned=False)
@@ -285,18 +216,13 @@ def train_gate_network(engine, uses: dict, config: GateTrainingConfig | None = N
         eps = torch.randn(batch[0].shape, generator=generator)
         loss = loss_of(style_set, batch, t, eps)
         optimizer.zero_grad(set_to_none=True)
-        if composition:
-            adapter_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if composition and k > 1:
-            adapter_optimizer.step()
         history.append(loss.item())
         if progress:
             progress(step + 1, config.steps, loss.item())
     net.eval()
     learned_eval = evaluate(learned=True)
-    composed_eval = evaluate(learned=True, compose=True) if composition else None
     hooks.remove()
     for _, layer in layers:  # plain float scalings again for inference
         for name in layer.scaling:
@@ -306,7 +232,6 @@ def train_gate_network(engine, uses: dict, config: GateTrainingConfig | None = N
                      "final_loss_mean_last_50": float(np.mean(history[-50:])),
                      "layers": len(layers), "loras": slugs},
         "eval_loss_heldout": {"merge": merge_eval, "learned": learned_eval,
-                              **({"learned+composition": composed_eval} if composition else {}),
                               "sets": [list(c[1]) for c in eval_cases]},
         "split": {
             "rule": f"2- and 3-style sets with sha256('+'.join(canonical order))[:8]/2^64 < "
@@ -316,9 +241,6 @@ def train_gate_network(engine, uses: dict, config: GateTrainingConfig | None = N
             "train_counts": {str(k): len(splits[k][0]) for k in (1, 2, 3)},
         },
     }
-    if composition:
-        report["composition_modules"] = composition_modules(engine, composition.adapter)
-        engine.adapters.drop(composition.adapter)
     return net, report
 
 
@@ -335,11 +257,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=GateTrainingConfig.batch)
     parser.add_argument("--lr", type=float, default=GateTrainingConfig.lr)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--composition-rank", type=int,
-                        default=GateTrainingConfig.composition_rank,
-                        help="train a composition adapter of this rank with the gates (0: none)")
-    parser.add_argument("--composition-lr", type=float,
-                        default=GateTrainingConfig.composition_lr)
     parser.add_argument("--out", default=str(STARTER_DIR / "gates"))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS",
                                                                             1)))
@@ -359,21 +276,15 @@ def main(argv: list[str] | None = None) -> None:
         if step % 25 == 0 or step == total:
             print(f"step {step}/{total} loss {loss:.4f}", flush=True)
 
-    config = GateTrainingConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                                composition_rank=args.composition_rank,
-                                composition_lr=args.composition_lr)
+    config = GateTrainingConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
     net, report = train_gate_network(engine, uses, config, progress)
-    composition = report.pop("composition_modules", None)
     report["profiles"] = {slug: engine.profile(use) for slug, use in uses.items()}
     report["command"] = ("OMP_NUM_THREADS=1 .venv/bin/python -m fusion.gate_training "
                          f"--steps {args.steps} --batch {args.batch} --lr {args.lr} "
-                         f"--seed {args.seed} --composition-rank {args.composition_rank} "
-                         f"--composition-lr {args.composition_lr}")
-    net.save(args.out, report, composition)
+                         f"--seed {args.seed}")
+    net.save(args.out, report)
     print(json.dumps({"eval_loss_heldout": report["eval_loss_heldout"]["merge"],
                       "learned": report["eval_loss_heldout"]["learned"],
-                      "learned+composition": report["eval_loss_heldout"].get(
-                          "learned+composition"),
                       "seconds": report["training"]["seconds"]}))
 
 

@@ -8,12 +8,6 @@ Where each LoRA's gate comes from, in order of precedence:
 3. the frequency prior (`frequency_prior`): high-frequency LoRAs lean late, low-frequency
    ones early.
 
-Beside a learned network may lie its composition adapter (`COMPOSITION_FILE`): a LoRA trained
-with the gates on the same compositions, applied at weight 1 whenever the learned gates blend
-two or more LoRAs. Gates can only weigh each LoRA; what a blend needs beyond that (the base
-reads the other styles' words as content, and each LoRA learned to undo only its own) the
-adapter learns. A LoRA alone never gets it.
-
 The gates are tabulated once per request (steps × layers × LoRAs, `GateTable`) and applied
 either through PEFT scaling (`LayerScales`, exact, one low-rank product per LoRA per layer) or
 by `FusedGates`: merged deltas W0 + Σ g·B·A written into the base weights and rewritten, layer
@@ -115,9 +109,6 @@ def lora_vector(profile: Sequence[float]) -> list[float]:
 
 
 # -- the learned gate network ---------------------------------------------------------------
-COMPOSITION_FILE = "composition.safetensors"  # the composition adapter, beside the network
-
-
 @dataclass
 class GateNetworkConfig:
     """Sizes of a GateNetwork and what its inputs must be."""
@@ -175,14 +166,8 @@ class GateNetwork(nn.Module):
         logits = self.mlp(torch.cat(parts, -1)).squeeze(-1)
         return self.config.max_gate * torch.sigmoid(logits - math.log(self.config.max_gate - 1))
 
-    def save(self, folder: str | Path, report: dict | None = None,
-             composition: list | None = None) -> Path:
-        """gates.safetensors and gates.json; with `composition` (LoraModules), the composition
-        adapter trained with the network as a diffusers-layout LoRA file beside them (an
-        older one is removed when there is none, so the folder always holds one pair)."""
+    def save(self, folder: str | Path, report: dict | None = None) -> Path:
         from safetensors.torch import save_file
-
-        from styles.writers import save_diffusers
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -190,11 +175,6 @@ class GateNetwork(nn.Module):
                   str(folder / "gates.safetensors"))
         meta = {"config": self.config.__dict__, **(report or {})}
         (folder / "gates.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if composition:
-            save_diffusers(composition, folder / COMPOSITION_FILE,
-                           {"loratlas.role": "composition adapter"}, dtype=torch.float16)
-        else:
-            (folder / COMPOSITION_FILE).unlink(missing_ok=True)
         return folder
 
     @classmethod

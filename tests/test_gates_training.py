@@ -31,7 +31,7 @@ def test_split_is_deterministic_disjoint_and_keeps_single_styles():
     assert ("pop-art", "chalkboard") not in train + held
 
 
-def engine_and_uses(tiny_base, tmp_path) -> tuple[GenerationEngine, dict]:
+def test_training_moves_only_the_gates_and_saves(tiny_base, tmp_path):
     table = tiny_base.table
     engine = GenerationEngine(tiny_base, adapter_capacity=16, gate_network=None)
     uses = {}
@@ -42,11 +42,6 @@ def engine_and_uses(tiny_base, tmp_path) -> tuple[GenerationEngine, dict]:
                              frequency=profile)
     for use in uses.values():
         engine.adapters.ensure(use.lora)
-    return engine, uses
-
-
-def test_training_moves_only_the_gates_and_saves(tiny_base, tmp_path):
-    engine, uses = engine_and_uses(tiny_base, tmp_path)
     unet_before = {k: v.clone() for k, v in tiny_base.pipe.unet.state_dict().items()}
     config = GateTrainingConfig(steps=3, batch=2, lr=0.05, eval_sets=2, eval_images=2)
     net, report = train_gate_network(engine, uses, config)
@@ -68,49 +63,6 @@ def test_training_moves_only_the_gates_and_saves(tiny_base, tmp_path):
     out = loaded.generate(recipe, pair)
     assert out.gates.sources == ["learned", "learned"]
     assert not np.allclose(out.gates.values, 1.0)
-
-
-def test_composition_adapter_trains_saves_and_joins_only_blends(tiny_base, tmp_path):
-    engine, uses = engine_and_uses(tiny_base, tmp_path)
-    unet_before = {k: v.clone() for k, v in tiny_base.pipe.unet.state_dict().items()
-                   if "lora_" not in k}
-    config = GateTrainingConfig(steps=3, batch=2, lr=0.05, eval_sets=2, eval_images=2,
-                                set_sizes=(0.0, 0.5, 0.5), composition_rank=2,
-                                composition_lr=0.05)
-    net, report = train_gate_network(engine, uses, config)
-    modules = report.pop("composition_modules")
-    # it starts at zero (up = 0) and learned on the blends, on the style LoRAs' modules
-    assert {m.target for m in modules} == set(uses["noir"].lora.modules)
-    assert any(float(m.up.abs().sum()) > 0 for m in modules)
-    assert report["eval_loss_heldout"]["learned+composition"].keys() == {"k2", "k3"}
-    after = tiny_base.pipe.unet.state_dict()
-    assert all(torch.equal(unet_before[k], after[k]) for k in unet_before)  # base untouched
-    assert not any(k.startswith("composition") or "untrained" in k for k in after)
-    assert all("composition" not in str(layer.lora_A.keys())
-               for _, _, layer in engine.adapters.named_layers())
-    folder = net.save(tmp_path / "gates", report, modules)
-    loaded = GenerationEngine(tiny_base, gate_network=folder)
-    assert loaded.composition is not None and "+composition-" in loaded.gate_network_id
-    without = GenerationEngine(tiny_base, gate_network=net)  # the same gates, no adapter
-    pair = [uses["noir"], uses["stripes"]]
-    settings = dict(steps=2, width=32, height=32, mode="gated", seed=3)
-    out = loaded.generate(loaded.recipe_for("a red star", pair, **settings), pair)
-    assert out.gates.sources == ["learned", "learned", "composition"]
-    assert out.gates.loras[-1] == "composition"
-    assert np.allclose(out.gates.values[..., -1][out.gates.values[..., -1] > 0], 1.0)
-    plain = without.generate(without.recipe_for("a red star", pair, **settings), pair)
-    assert np.allclose(out.gates.values[..., :2], plain.gates.values)  # same LoRA gates
-    assert not np.array_equal(np.asarray(out.images[0]), np.asarray(plain.images[0]))
-    # a LoRA alone runs exactly as merge runs it: the adapter does not join
-    one = [uses["noir"]]
-    alone = loaded.generate(loaded.recipe_for("a red star", one, **settings), one)
-    merged = loaded.generate(loaded.recipe_for("a red star", one, **{**settings,
-                                                                     "mode": "merge"}), one)
-    assert alone.gates.loras == ["noir"]
-    assert np.array_equal(np.asarray(alone.images[0]), np.asarray(merged.images[0]))
-    # saved again without it, the old file goes
-    net.save(folder, report)
-    assert GenerationEngine(tiny_base, gate_network=folder).composition is None
 
 
 def test_gate_hooks_shape_gates_for_each_layer(tiny_base):
