@@ -1,0 +1,128 @@
+"""How much any weighting of the LoRAs could win on multi-style prompts: an upper bound for
+gated fusion, measured on the prompts, seeds and judges of fusion_quality.py.
+
+Gated fusion can only choose a weight per LoRA, layer and step. This benchmark renders the same
+held-out 2- and 3-style prompts under a family of such choices, each the same for every LoRA:
+- flat weights (0.7, 1.0 = merge, 1.3);
+- step schedules (keyframes over the 20 steps: late starts, an early-strong ramp);
+- module kinds (only the attention layers, all but the resnets, all but the feed-forward
+  layers, only the resnets: a per-layer gate of 0 or 1);
+and reports each choice, plus the *hindsight oracle*: a prompt counts as solved when any of
+those choices solves it (a per-prompt choice no gate network could beat within this family,
+since it is picked after seeing the judges' verdict). One row changes the prompt instead of the
+weights: the LoRAs merged at 1.0 on the scene's plain caption, with no style words at all
+(what is left when the base is spared the style descriptions it never learned to read).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_headroom.py [--per-k 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import RESULTS, machine_line
+from fusion_quality import SEED, Bench, cases, held_out_sets
+
+from fusion.engine import LoraUse
+
+WEIGHTS = {"merge (flat 1.0)": 1.0, "flat 0.7": 0.7, "flat 1.3": 1.3}
+SCHEDULES = {"late start 0→1→1": [0, 1, 1], "late start 0.3→1→1": [0.3, 1, 1],
+             "late start 0→1.5→1.5": [0, 1.5, 1.5], "off for a third 0→0→1→1": [0, 0, 1, 1],
+             "off for a third 0→0→1.5→1.5": [0, 0, 1.5, 1.5], "early 1.5→1→0.5": [1.5, 1, 0.5]}
+MODULES = {"attention layers only": lambda t: ".attn1." in t or ".attn2." in t,
+           "all but resnets": lambda t: ".resnets." not in t,
+           "all but feed-forward": lambda t: ".ff." not in t,
+           "resnets only": lambda t: ".resnets." in t}
+PLAIN_PROMPT = "merge on the plain caption (no style words)"
+
+
+def uses_for(bench: Bench, case: dict, choice: str) -> tuple[list[LoraUse], str]:
+    """The LoRAs of a case under one choice, and the mode that applies it."""
+    uses = []
+    for slug in case["styles"]:
+        lora, frequency = bench.loras[slug]
+        if choice in MODULES:
+            keep = MODULES[choice]
+            lora = dataclasses.replace(
+                lora, modules={t: m for t, m in lora.modules.items() if keep(t)},
+                sha256=f"{lora.sha256}-{choice}")  # another adapter, not the whole file's
+        weight = WEIGHTS.get(choice, 1.0)
+        uses.append(LoraUse(lora, slug, weight, step_weights=SCHEDULES.get(choice),
+                            frequency=frequency))
+    # step weights are a user schedule: gated runs them exactly, with no learned gates
+    return uses, "gated" if choice in SCHEDULES else "merge"
+
+
+def verdicts(bench: Bench, batch: list[dict], choice: str, steps: int) -> list[dict]:
+    """Per-prompt verdicts (success, all styles, content) of one choice."""
+    engine, images = bench.engine, []
+    for case in batch:
+        uses, mode = uses_for(bench, case, choice)
+        prompt = case["content"] if choice == PLAIN_PROMPT else case["prompt"]
+        recipe = engine.recipe_for(prompt, uses, seed=case["seed"], steps=steps, width=64,
+                                   height=64, mode=mode, apply="fused")
+        images.append(engine.generate(recipe, uses).images[0])
+    return bench.judge_rows(images, batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per-k", type=int, default=40, help="prompts per set size (2, 3)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS / "fusion_headroom.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    bench = Bench(args.steps, "fused")
+    choices = [*WEIGHTS, *SCHEDULES, *MODULES, PLAIN_PROMPT]
+    rows: dict[str, dict[int, list[dict]]] = {c: {} for c in choices}
+    for k in (2, 3):
+        batch = cases(held_out_sets(k, set(bench.files)), args.per_k, SEED + 1000 * k)
+        for choice in choices:
+            rows[choice][k] = verdicts(bench, batch, choice, args.steps)
+            print(choice, k, json.dumps(summary(rows[choice][k])), flush=True)
+    write(args, rows, (time.time() - started) / 60)
+
+
+def summary(verdict_rows: list[dict]) -> dict:
+    return {key: float(np.mean([r[key] for r in verdict_rows]))
+            for key in ("success", "all_styles", "content")}
+
+
+def write(args, rows: dict, minutes: float) -> None:
+    weighting = [c for c in rows if c != PLAIN_PROMPT]
+    oracle = {k: float(np.mean([any(rows[c][k][i]["success"] for c in weighting)
+                                for i in range(len(rows[weighting[0]][k]))])) for k in (2, 3)}
+    table = [(c, {k: summary(rows[c][k]) for k in (2, 3)}) for c in rows]
+    table.insert(len(weighting), ("**hindsight oracle** (any row above, per prompt)",
+                                  {k: {"success": oracle[k]} for k in (2, 3)}))
+    command = (f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_headroom.py --per-k "
+               f"{args.per_k} --steps {args.steps}")
+    lines = [
+        "# Fusion headroom: what any weighting of the LoRAs could win", "", machine_line(),
+        f"Command: `{command}` ({minutes:.0f} min, 1 torch thread).", "",
+        f"The prompts, seeds, judges and verdicts of `fusion_quality.md` ({args.per_k} two-style "
+        f"and {args.per_k} three-style prompts from held-out style sets; starter LoRAs, "
+        f"{args.steps} DPM-Solver steps, guidance 2, 64×64). Each row applies one choice to "
+        "every LoRA of the prompt; *success* = every requested style detected and the content "
+        "right. The oracle counts a prompt as solved when any weighting row solves it, chosen "
+        "after seeing the verdicts: no gate network choosing among these could do better.", "",
+        "| choice | 2 styles: success | all styles | content | 3 styles: success | all styles "
+        "| content |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, figures in table:
+        lines.append(f"| {name} | " + " | ".join(
+            f"{figures[k][key]:.3f}" if key in figures[k] else "–" for k in (2, 3)
+            for key in ("success", "all_styles", "content")) + " |")
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
