@@ -1,13 +1,15 @@
 """A change to the style LoRA recipe against the shipped LoRAs, side by side.
 
-For each style, a LoRA is trained with `train_style_lora(..., shape_weight=W, ema=D)`: the
-pack's recipe (BuildPlan: 400 steps of 8, lr 3e-3, rank 8, 800 scenes, the style's own seed, so
-the same scenes, batches, noise and timesteps as the shipped LoRA) plus `shape_word_loss` (a
-hinge that asks the caption naming the wrong shape to fit the image worse) at weight W, and/or
-the moving average of its weights with decay D. It is judged beside the
-shipped LoRA of the same style (trained by the same function with W = D = 0) on the same held-out
-prompts and seeds as starter_quality.py (style detected, content right), with the shape-word
-reliance of lora_diagnostics.py (the loss rise when the caption names another shape).
+For each style, a LoRA is trained with `train_style_lora`: the pack's base recipe (BuildPlan:
+400 steps of 8, lr 3e-3, rank 8, 800 scenes, the style's own seed, so the same scenes, batches,
+noise and timesteps as the shipped LoRA) with the changes asked for: `shape_word_loss` (a hinge
+that asks the caption naming the wrong shape to fit the image worse) at weight W, the moving
+average of its weights with decay D (the shipped LoRAs use D = 0.99, so give `--ema 0.99` to
+change only something else), the loss weighted by where the style changes the image
+(`change_weights`, strength C), or another number of steps. It is judged beside the shipped LoRA
+of the same style on the same held-out prompts and seeds as starter_quality.py (style
+detected, content right), with the shape-word reliance of lora_diagnostics.py (the loss rise
+when the caption names another shape).
 
 Styles are picked before any figure is seen: every second style in sorted order by default
 (14 of 28, every band). `--plain` also retrains the shipped recipe from scratch, to show how
@@ -16,7 +18,8 @@ figures (keyed by its bytes and the judges') are kept under `.cache/lora_recipe/
 over more styles measures only what is new.
 
     .venv/bin/python benchmarks/lora_recipe.py [--styles a,b|all] [--prompts 40]
-        [--shape-weight W] [--ema D] [--workers 2] [--plain] [--out FILE]
+        [--shape-weight W] [--ema D] [--change-weight C] [--steps N] [--workers 2]
+        [--plain] [--out FILE]
 """
 
 from __future__ import annotations
@@ -40,23 +43,24 @@ from styles.starter.style_loras import file_name
 WORK = ROOT / ".cache" / "lora_recipe"
 
 
-def train(pipe, slug: str, shape_weight: float, ema: float, name: str) -> Path:
-    """The pack's recipe for `slug` with the shape term at `shape_weight` and the weights'
-    moving average `ema`, saved under WORK in a folder `name` of this base's (kept, so a re-run
-    on the same base does not retrain)."""
+def train(pipe, slug: str, recipe: dict, name: str) -> Path:
+    """The pack's recipe for `slug` with the changes in `recipe` (`train_style_lora` keyword
+    arguments: shape_weight, ema, change_weight; and steps), saved under WORK in a folder `name`
+    of this base's (kept, so a re-run on the same base does not retrain)."""
     from styles.starter.style_loras import save_style_lora, train_style_lora
 
     plan = BuildPlan()
+    options = {"ema": 0.0, **recipe}  # the plain recipe unless the change names an EMA
+    steps = options.pop("steps", None) or plan.lora_steps
     unet = PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors"
     folder = WORK / f"{name}-{hashlib.sha256(unet.read_bytes()).hexdigest()[:8]}"
     path = folder / file_name(slug)
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        modules = train_style_lora(pipe, slug, plan.lora_steps, plan.lora_batch,
-                                   plan.lora_rank, lr=plan.lora_lr, pool=plan.lora_pool,
-                                   seed=plan.seed + sorted(STYLES).index(slug),
-                                   shape_weight=shape_weight, ema=ema)
-        save_style_lora(modules, folder, slug, plan.lora_steps, plan.lora_rank)
+        modules = train_style_lora(pipe, slug, steps, plan.lora_batch, plan.lora_rank,
+                                   lr=plan.lora_lr, pool=plan.lora_pool,
+                                   seed=plan.seed + sorted(STYLES).index(slug), **options)
+        save_style_lora(modules, folder, slug, steps, plan.lora_rank)
     return path
 
 
@@ -70,11 +74,15 @@ def fingerprint(lora: Path, judges: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def tag(shape_weight: float, ema: float) -> str:
-    return "-".join([f"shape{shape_weight:g}"] * bool(shape_weight) + [f"ema{ema:g}"] * bool(ema))
+NAMES = {"shape_weight": "shape", "ema": "ema", "change_weight": "change", "steps": "steps"}
 
 
-def measure(slug: str, shape_weight: float, ema: float, prompts: int, plain: bool) -> dict:
+def tag(recipe: dict) -> str:
+    """A short name of a recipe change: `ema0.99-steps1200`."""
+    return "-".join(f"{NAMES[key]}{value:g}" for key, value in recipe.items() if value)
+
+
+def measure(slug: str, recipe: dict, prompts: int, plain: bool) -> dict:
     """Train, then judge and probe each LoRA of one style (in a worker process)."""
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -90,10 +98,10 @@ def measure(slug: str, shape_weight: float, ema: float, prompts: int, plain: boo
     started = time.time()
     pipe = StableDiffusionPipeline.from_pretrained(str(PIPELINE_DIR), dtype=torch.float32)
     paths = {"shipped": LORA_DIR / file_name(slug),
-             "candidate": train(pipe, slug, shape_weight, ema, tag(shape_weight, ema))}
+             "candidate": train(pipe, slug, recipe, tag(recipe))}
     trained = time.time() - started  # near 0 when an earlier run left the file
     if plain:
-        paths["plain"] = train(pipe, slug, 0.0, 0.0, "plain")
+        paths["plain"] = train(pipe, slug, {}, "plain")
     service = LoratlasService(ServiceConfig(device="cpu"))
     judges = Judges.load(JUDGES_DIR)
     noise = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -125,13 +133,20 @@ def main() -> None:
     parser.add_argument("--shape-weight", type=float, default=0.0)
     parser.add_argument("--ema", type=float, default=0.0,
                         help="decay of the LoRA weights' moving average (0: the last step's)")
+    parser.add_argument("--change-weight", type=float, default=0.0,
+                        help="weigh the loss by where the style changes the image")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="optimiser steps (0: the pack's, BuildPlan.lora_steps)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--out", help="default: results/lora_recipe_<recipe>.md")
     args = parser.parse_args()
-    if not args.shape_weight and not args.ema:
-        parser.error("name a recipe to compare with the shipped one: --shape-weight or --ema")
-    out = Path(args.out or RESULTS / f"lora_recipe_{tag(args.shape_weight, args.ema)}.md")
+    change = {"shape_weight": args.shape_weight, "ema": args.ema,
+              "change_weight": args.change_weight, "steps": args.steps}
+    if not any(change.values()):
+        parser.error("name a recipe to compare with the shipped one: --shape-weight, --ema, "
+                     "--change-weight or --steps")
+    out = Path(args.out or RESULTS / f"lora_recipe_{tag(change)}.md")
     slugs = sorted(STYLES) if args.styles == "all" else \
         [s.strip() for s in args.styles.split(",") if s.strip()]
     unknown = [s for s in slugs if s not in STYLES]
@@ -141,17 +156,20 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         n = len(slugs)
-        rows = list(pool.map(measure, slugs, [args.shape_weight] * n, [args.ema] * n,
-                             [args.prompts] * n, [args.plain] * n))
+        rows = list(pool.map(measure, slugs, [change] * n, [args.prompts] * n,
+                             [args.plain] * n))
 
     names = ["shipped", "candidate"] + (["plain"] if args.plain else [])
     recipe = " and ".join([f"shape term W = {args.shape_weight:g}"] * bool(args.shape_weight)
-                          + [f"EMA {args.ema:g}"] * bool(args.ema))
+                          + [f"EMA {args.ema:g}"] * bool(args.ema)
+                          + [f"change weight {args.change_weight:g}"] * bool(args.change_weight)
+                          + [f"{args.steps} steps"] * bool(args.steps))
     titles = {"shipped": "shipped", "candidate": recipe, "plain": "shipped recipe, retrained"}
     listed = "all" if slugs == sorted(STYLES) else ",".join(slugs)
+    flags = "".join(f" --{key.replace('_', '-')} {value:g}" for key, value in change.items()
+                    if value)
     command = (f"`.venv/bin/python benchmarks/lora_recipe.py --styles {listed} "
-               f"--prompts {args.prompts} --shape-weight {args.shape_weight:g} "
-               f"--ema {args.ema:g} --workers {args.workers}"
+               f"--prompts {args.prompts}{flags} --workers {args.workers}"
                + (" --plain" if args.plain else "") + "`")
     lines = [
         f"# Style LoRA recipe: {recipe} against the shipped LoRAs", "", machine_line(),
@@ -160,7 +178,9 @@ def main() -> None:
         "seed (same scenes, batches, noise and timesteps), as shipped and with "
         f"{recipe}. *Shape term*: `shape_word_loss`, a hinge asking the caption that names "
         "the wrong shape to fit at least 50% worse at t ≥ 300, weighted W. *EMA*: the "
-        "exponential moving average of the LoRA weights over the steps. Judged as in "
+        "exponential moving average of the LoRA weights over the steps. *Change weight* C: "
+        "each latent pixel's loss weighted 1 + C × where the style changed the image "
+        "(`change_weights`, mean 1 per image). Judged as in "
         "starter_quality.py (guidance 2, 20 DPM-Solver steps, "
         f"{args.prompts} held-out prompts per style; style detected / "
         "content right; one prompt is "

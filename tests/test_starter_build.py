@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from styles.starter.looks import STYLES
 from styles.starter.paths import MODEL_CARD, PIPELINE_DIR, starter_available, starter_loras
 from styles.starter.style_loras import (
     TARGETS,
+    change_weights,
     extract_modules,
     file_name,
     layout_of,
@@ -143,11 +145,34 @@ def test_shape_word_term_is_the_hinge_on_the_wrong_captions_rise(tiny_pipeline_d
                                    torch.Generator().manual_seed(1), from_t=10_000)
         assert never == 0  # no timestep is in the band
     runs = [train_style_lora(pipe, "sepia", steps=2, batch=2, pool=4, rank=2, shape_weight=w,
-                             ema=d) for w, d in ((0.0, 0.0), (1.0, 0.0), (0.0, 0.99))]
+                             ema=d, change_weight=c)
+            for w, d, c in ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.99, 0.0), (0, 0, 4.0))]
     plain_run = runs[0]
     for other in runs[1:]:  # each option changes what is trained, on the same modules
         assert [m.target for m in plain_run] == [m.target for m in other]
         assert not all(torch.equal(a.up, b.up) for a, b in zip(plain_run, other, strict=True))
+
+
+def test_change_weights_follow_the_motif_and_keep_each_images_total():
+    from styles.starter.data import world_batch, world_batch_with_change
+
+    images, captions = world_batch(np.random.default_rng(5), 6, ["crescent-moon"],
+                                   plain_captions=0.5)
+    same, again, changes = world_batch_with_change(np.random.default_rng(5), 6,
+                                                   ["crescent-moon"], 0.5)
+    assert np.array_equal(images, same) and captions == again  # the same draws
+    assert changes.shape == images.shape[:3] and (changes > 0.1).any()
+    # a motif changes a corner, not the frame: most pixels are untouched
+    assert np.median(changes) < 0.01
+    weights = change_weights(changes, 16, 4.0)
+    assert weights.shape == (6, 1, 16, 16)
+    assert torch.allclose(weights.mean(dim=(1, 2, 3)), torch.ones(6))
+    for image_weights, change in zip(weights, changes, strict=True):  # heaviest where it changed
+        pooled = change.reshape(16, 4, 16, 4).mean((1, 3))
+        assert image_weights[0].flatten().argmax() == pooled.flatten().argmax()
+        assert float(image_weights.max() / image_weights.min()) == pytest.approx(5.0, rel=1e-4)
+    flat = change_weights(np.zeros((2, 64, 64), np.float32), 16, 4.0)
+    assert torch.allclose(flat, torch.ones_like(flat))  # nothing changed: the plain loss
 
 
 def test_extract_modules_reads_peft_layers():

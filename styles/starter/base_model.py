@@ -65,12 +65,17 @@ def diffusion_target(noise, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
 
 
 def diffusion_loss(unet, noise, x0: torch.Tensor, cond: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
-    """The denoising loss of `unet` on clean latents `x0` under `noise`, at random timesteps."""
+                   generator: torch.Generator, weights: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """The denoising loss of `unet` on clean latents `x0` under `noise`, at random timesteps;
+    `weights` (broadcast over the latents) weigh each element's squared error."""
     eps = torch.randn(x0.shape, generator=generator)
     t = torch.randint(0, noise.config.num_train_timesteps, (len(x0),), generator=generator)
     prediction = unet(noise.add_noise(x0, eps, t), t, cond).sample
-    return F.mse_loss(prediction, diffusion_target(noise, x0, eps, t))
+    target = diffusion_target(noise, x0, eps, t)
+    if weights is None:
+        return F.mse_loss(prediction, target)
+    return (weights * (prediction - target) ** 2).mean()
 
 
 def _checkpoint(path: Path, state: dict) -> None:

@@ -17,7 +17,7 @@ def world_batch(rng: np.random.Generator, n: int, slugs: Sequence[str] = (),
                 ) -> tuple[np.ndarray, list[str]]:
     """n images (n, 64, 64, 3) in [0, 1] with captions; styled with `slugs` if given, and
     then captioned without the style words with probability `plain_captions`."""
-    images, captions, _ = _batch(rng, n, slugs, n_objects, plain_captions, None)
+    images, captions, _, _ = _batch(rng, n, slugs, n_objects, plain_captions, None)
     return images, captions
 
 
@@ -27,13 +27,25 @@ def world_batch_with_swaps(rng: np.random.Generator, swaps: np.random.Generator,
     """`world_batch`, and each caption again in the same words but naming another shape for
     one object (`swap_shape`, drawn from `swaps`, so `rng` draws exactly what `world_batch`
     draws): for training terms that ask the model to use the shape word."""
-    return _batch(rng, n, slugs, None, plain_captions, swaps)
+    images, captions, swapped, _ = _batch(rng, n, slugs, None, plain_captions, swaps)
+    return images, captions, swapped
+
+
+def world_batch_with_change(rng: np.random.Generator, n: int, slugs: Sequence[str],
+                            plain_captions: float = 0.0
+                            ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """`world_batch` (the same draws), and where the styles changed each image: (n, 64, 64),
+    the mean absolute difference over channels between the styled and the unstyled render
+    of the same scene (a concept's motif stands out; a colour style changes everything)."""
+    images, captions, _, changes = _batch(rng, n, slugs, None, plain_captions, None)
+    return images, captions, changes
 
 
 def _batch(rng: np.random.Generator, n: int, slugs: Sequence[str], n_objects: int | None,
            plain_captions: float, swaps: np.random.Generator | None
-           ) -> tuple[np.ndarray, list[str], list[str]]:
+           ) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    changes = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     captions, swapped = [], []
 
     def styled(scene: Scene, wording: np.random.Generator) -> str:
@@ -44,15 +56,17 @@ def _batch(rng: np.random.Generator, n: int, slugs: Sequence[str], n_objects: in
         image = render_scene(scene, IMAGE_SIZE)
         describe = caption
         if slugs:
+            plain_image = image
             image = apply_styles(image, list(slugs), seed=int(rng.integers(1 << 30)),
                                  scene=scene)
+            changes[i] = np.abs(image - plain_image).mean(-1)
             plain = plain_captions and rng.random() < plain_captions
             describe = caption if plain else styled
         if swaps is not None:  # the same wording: caption the lie with a copy of rng
             swapped.append(describe(swap_shape(scene, swaps), copy.deepcopy(rng)))
         captions.append(describe(scene, rng))
         images[i] = image
-    return images, captions, swapped
+    return images, captions, swapped, changes
 
 
 def style_word_batch(rng: np.random.Generator, n: int, slugs: Sequence[str], share: float

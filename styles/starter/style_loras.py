@@ -18,7 +18,12 @@ from peft.tuners.lora import LoraLayer
 
 from styles.lora import LoraModule
 from styles.starter.base_model import diffusion_loss, diffusion_target
-from styles.starter.data import to_tensor_layout, world_batch, world_batch_with_swaps
+from styles.starter.data import (
+    to_tensor_layout,
+    world_batch,
+    world_batch_with_change,
+    world_batch_with_swaps,
+)
 from styles.starter.looks import STYLES
 from styles.writers import save_diffusers, save_kohya
 
@@ -44,7 +49,8 @@ def file_name(slug: str) -> str:
 def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: int = 8,
                      lr: float = 1e-3, seed: int = 0, pool: int = 800,
                      plain_captions: float = 0.75, shape_weight: float = 0.0,
-                     ema: float = 0.0, progress: Progress | None = None) -> list[LoraModule]:
+                     ema: float = 0.0, change_weight: float = 0.0,
+                     progress: Progress | None = None) -> list[LoraModule]:
     """Train a LoRA on the UNet (text encoder frozen) on ground-truth images of one style.
 
     Most captions leave the style words out (`plain_captions`), so the LoRA applies its style
@@ -53,8 +59,10 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
     400 steps of 8); a pack trained on 4000 judged no better and its words view read worse
     (README, the starter pack). `shape_weight` > 0 adds `shape_word_loss` (one more UNet
     pass per step); `ema` > 0 returns an exponential moving average of the LoRA weights with
-    that decay (warmed up over the first steps) instead of the last step's
-    (benchmarks/lora_recipe.py measures both)."""
+    that decay (warmed up over the first steps) instead of the last step's;
+    `change_weight` > 0 weighs each latent pixel's loss by where the style changed the image
+    (`change_weights`), so a small motif counts as much as a texture over the whole frame
+    (benchmarks/lora_recipe.py measures each)."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
@@ -63,12 +71,18 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
         if shape_weight:
             images, captions, swapped = world_batch_with_swaps(
                 rng, np.random.default_rng(seed + 1), pool, [slug], plain_captions)
+        elif change_weight:
+            images, captions, changes = world_batch_with_change(rng, pool, [slug],
+                                                                plain_captions)
+            swapped = []
         else:
             images, captions = world_batch(rng, pool, [slug], plain_captions=plain_captions)
             swapped = []
         latents = pipe.vae.encode(torch.from_numpy(to_tensor_layout(images))).latent_dist.mode()
         latents = latents * pipe.vae.config.scaling_factor
         hidden, lies = encode_captions(pipe, captions), encode_captions(pipe, swapped)
+        weights = change_weights(changes, latents.shape[-1], change_weight) \
+            if change_weight else None
     unet = copy.deepcopy(pipe.unet).float().train()
     unet.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS,
@@ -88,7 +102,8 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
                                          lies[index], generator)
             loss = fit + shape_weight * shape
         else:
-            loss = diffusion_loss(unet, noise, latents[index], hidden[index], generator)
+            loss = diffusion_loss(unet, noise, latents[index], hidden[index], generator,
+                                  None if weights is None else weights[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -103,6 +118,17 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
             for mean, p in zip(average, params, strict=True):
                 p.copy_(mean)
     return extract_modules(unet)
+
+
+def change_weights(changes: np.ndarray, size: int, strength: float) -> torch.Tensor:
+    """Per-latent-pixel loss weights (n, 1, size, size) from where the style changed each
+    image ((n, H, W), `world_batch_with_change`): 1 + strength × the change (pooled to the
+    latent grid and scaled to [0, 1] per image), normalised to a mean of 1 per image, so the
+    total weight of an image, and with it the step size, is what it was."""
+    change = F.adaptive_avg_pool2d(torch.from_numpy(changes)[:, None], size)
+    peak = change.flatten(1).amax(1).clamp_min(1e-6).reshape(-1, 1, 1, 1)
+    weights = 1.0 + strength * change / peak
+    return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
 
 
 def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
