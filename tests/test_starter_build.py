@@ -147,6 +147,9 @@ def test_shape_word_term_is_the_hinge_on_the_wrong_captions_rise(tiny_pipeline_d
     runs = [train_style_lora(pipe, "sepia", steps=2, batch=2, pool=4, rank=2, shape_weight=w,
                              ema=d, change_weight=c)
             for w, d, c in ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.99, 0.0), (0, 0, 4.0))]
+    with pytest.raises(ValueError, match="set one"):
+        train_style_lora(pipe, "sepia", steps=1, batch=2, pool=4, rank=2, shape_weight=1.0,
+                         change_weight=1.0)
     plain_run = runs[0]
     for other in runs[1:]:  # each option changes what is trained, on the same modules
         assert [m.target for m in plain_run] == [m.target for m in other]

@@ -65,6 +65,8 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
     (benchmarks/lora_recipe.py measures each)."""
     from diffusers import DDPMScheduler
 
+    if shape_weight and change_weight:
+        raise ValueError("shape_weight and change_weight are separate experiments: set one")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     with torch.no_grad():
