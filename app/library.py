@@ -97,6 +97,14 @@ class ViewCache:
         with self._lock:
             self.vectors[f"{view}:{sha}"] = vector.astype(np.float32)
 
+    def retain(self, shas) -> None:
+        """Forget the vectors of every LoRA whose sha256 is not in `shas` (the next save
+        writes only the rest), so a rebuilt cache does not carry replaced files' vectors."""
+        keep = set(shas)
+        with self._lock:
+            self.vectors = {key: vector for key, vector in self.vectors.items()
+                            if key.split(":", 1)[1] in keep}
+
     def save(self) -> None:
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)

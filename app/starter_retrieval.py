@@ -69,8 +69,10 @@ def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
         stale.unlink(missing_ok=True)  # refitted on the pack's LoRAs as they are now
     word_view = word_view_for(engine, embedder, words_file,
                               [style.lora for style in styles.values()])
-    retriever = build_retriever(styles, embedder, engine, ViewCache(views_file), None, None,
-                                THUMBNAILS_DIR, word_view)
+    cache = ViewCache(views_file)
+    cache.retain(style.lora.sha256 for style in styles.values())  # not the replaced LoRAs'
+    retriever = build_retriever(styles, embedder, engine, cache, None, None, THUMBNAILS_DIR,
+                                word_view)
     loras = {slug: style.lora for slug, style in styles.items()}
     encoder = train_encoder(retriever, loras, sorted(loras))
     encoder.save(WEIGHTS_DIR)

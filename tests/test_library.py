@@ -238,6 +238,36 @@ def test_probe_settings_are_part_of_the_cache_key(monkeypatch):
     assert library.renders_id("abc", 7.5) != key
 
 
+def test_a_view_cache_keeps_only_the_files_it_is_told_to(tmp_path):
+    import numpy as np
+
+    from app.library import ViewCache
+
+    cache = ViewCache(tmp_path / "views.npz")
+    for view in ("probes", "metadata"):
+        for sha in ("old", "new"):
+            cache.put(view, sha, np.ones(4))
+    cache.retain(["new"])
+    cache.save()
+    again = ViewCache(tmp_path / "views.npz")
+    assert sorted(again.vectors) == ["metadata:new", "probes:new"]
+
+
+@pytest.mark.skipif(not starter_available(), reason="starter pack not built")
+def test_the_shipped_view_vectors_are_those_of_the_shipped_loras():
+    """A rebuilt pack must not carry the vectors of the LoRA files it replaced."""
+    import numpy as np
+
+    from app.starter_retrieval import VIEWS_DIR
+    from styles.reader import read_lora
+
+    shas = {read_lora(path).sha256 for path in starter_loras().values()}
+    (views,) = VIEWS_DIR.glob("*.npz")
+    with np.load(views) as data:
+        cached = {key.split(":", 1)[1] for key in data.files}
+    assert cached == shas
+
+
 def test_a_refusal_names_the_file_as_the_user_named_it(service, tmp_path):
     stored = tmp_path / "upload-3f9a.safetensors"  # the temporary name an upload is kept under
     stored.write_bytes(b"\x80\x04\x95junk")
