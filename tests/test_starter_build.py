@@ -103,8 +103,9 @@ def test_loras_of_another_base_are_dropped_before_the_loras_stage(tmp_path, monk
     shipped = {"base": build._base_key(), "lora_steps": 400, "lora_batch": 8, "lora_lr": 3e-3,
                "lora_rank": 8, "lora_pool": 800, "styles": []}
     build.MANIFEST.write_text(json.dumps(shipped))
-    assert build.drop_stale_loras(build.BuildPlan(lora_ema=0.0)) == []
-    assert build.drop_stale_loras(build.BuildPlan()) == [loras / "sepia.safetensors"]  # 0.99
+    assert build.drop_stale_loras(build.BuildPlan(lora_steps=400, lora_ema=0.0)) == []
+    assert build.drop_stale_loras(build.BuildPlan(lora_steps=400, lora_ema=0.99)) == [
+        loras / "sepia.safetensors"]
 
 
 def test_style_lora_trains_and_saves_in_each_layout(tiny_pipeline_dir, tmp_path):
