@@ -38,7 +38,7 @@ class BuildPlan:
     unet_steps: int = 5000
     schedule_steps: int = 1500  # fine-tuning an epsilon-prediction base into zero-SNR v-pred
     style_word_steps: int = 0  # fine-tuning the base on style-word captions (off: see README)
-    lora_steps: int = 1200
+    lora_steps: int = 400
     lora_batch: int = 8
     lora_lr: float = 3e-3
     lora_rank: int = 8
