@@ -101,7 +101,8 @@ def measure(slug: str, recipe: dict, prompts: int, plain: bool) -> dict:
              "candidate": train(pipe, slug, recipe, tag(recipe))}
     trained = time.time() - started  # near 0 when an earlier run left the file
     if plain:
-        paths["plain"] = train(pipe, slug, {}, "plain")
+        shipped = {"ema": BuildPlan().lora_ema}  # the pack's own recipe, retrained
+        paths["plain"] = train(pipe, slug, shipped, f"plain-{tag(shipped)}")
     service = LoratlasService(ServiceConfig(device="cpu"))
     judges = Judges.load(JUDGES_DIR)
     noise = DDPMScheduler.from_config(pipe.scheduler.config)
