@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = starter.add_parser("build", help="regenerate the starter pack from scratch (resumable)")
     b.add_argument("--stages", default="clip,base,loras,judges,retrieval")
     b.add_argument("--unet-steps", type=int)
-    b.add_argument("--lora-steps", type=int)
+    b.add_argument("--lora-steps", type=int,
+                   help="steps of every style LoRA that BuildPlan.lora_tuning gives no steps "
+                        "of its own (default 400)")
     b.add_argument("--lora-ema", type=float, metavar="DECAY",
                    help="decay of the moving average kept of each style LoRA's weights "
                         "(default 0.99, as shipped; 0 keeps the last step's weights; "

@@ -11,6 +11,11 @@ of the same style on the same held-out prompts and seeds as starter_quality.py (
 detected, content right), with the shape-word reliance of lora_diagnostics.py (the loss rise
 when the caption names another shape).
 
+The recipe is the untuned one: every style at `BuildPlan.lora_steps` and strength 1. Since
+`BuildPlan.lora_tuning` (13 styles shipped with other steps or strengths: lora_strength.md),
+compare with the pack as it was before (`--shipped DIR`, e.g. the pack at commit 15770f0, as
+lora_strength.py's docstring extracts it) for a change of recipe alone.
+
 Styles are picked before any figure is seen: every second style in sorted order by default
 (14 of 28, every band). `--plain` also retrains the shipped recipe from scratch, to show how
 much of a difference is training noise rather than the recipe. Trained files and each file's
@@ -19,7 +24,7 @@ over more styles measures only what is new.
 
     .venv/bin/python benchmarks/lora_recipe.py [--styles a,b|all] [--prompts 40]
         [--shape-weight W] [--ema D] [--change-weight C] [--steps N] [--workers 2]
-        [--plain] [--out FILE]
+        [--plain] [--shipped DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def tag(recipe: dict) -> str:
     return "-".join(f"{NAMES[key]}{value:g}" for key, value in recipe.items() if value)
 
 
-def measure(slug: str, recipe: dict, prompts: int, plain: bool) -> dict:
+def measure(slug: str, recipe: dict, prompts: int, plain: bool, shipped: str) -> dict:
     """Train, then judge and probe each LoRA of one style (in a worker process)."""
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -97,7 +102,7 @@ def measure(slug: str, recipe: dict, prompts: int, plain: bool) -> dict:
     torch.set_num_threads(1)
     started = time.time()
     pipe = StableDiffusionPipeline.from_pretrained(str(PIPELINE_DIR), dtype=torch.float32)
-    paths = {"shipped": LORA_DIR / file_name(slug),
+    paths = {"shipped": Path(shipped) / file_name(slug),
              "candidate": train(pipe, slug, recipe, tag(recipe))}
     trained = time.time() - started  # near 0 when an earlier run left the file
     if plain:
@@ -140,6 +145,8 @@ def main() -> None:
                         help="optimiser steps (0: the pack's, BuildPlan.lora_steps)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plain", action="store_true")
+    parser.add_argument("--shipped", default=str(LORA_DIR),
+                        help="the files to compare with (default: the pack's)")
     parser.add_argument("--out", help="default: results/lora_recipe_<recipe>.md")
     args = parser.parse_args()
     change = {"shape_weight": args.shape_weight, "ema": args.ema,
@@ -158,7 +165,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         n = len(slugs)
         rows = list(pool.map(measure, slugs, [change] * n, [args.prompts] * n,
-                             [args.plain] * n))
+                             [args.plain] * n, [args.shipped] * n))
 
     names = ["shipped", "candidate"] + (["plain"] if args.plain else [])
     recipe = " and ".join([f"shape term W = {args.shape_weight:g}"] * bool(args.shape_weight)
@@ -171,7 +178,8 @@ def main() -> None:
                     if value)
     command = (f"`.venv/bin/python benchmarks/lora_recipe.py --styles {listed} "
                f"--prompts {args.prompts}{flags} --workers {args.workers}"
-               + (" --plain" if args.plain else "") + "`")
+               + (" --plain" if args.plain else "")
+               + (f" --shipped {args.shipped}" if args.shipped != str(LORA_DIR) else "") + "`")
     lines = [
         f"# Style LoRA recipe: {recipe} against the shipped LoRAs", "", machine_line(),
         f"Command: {command}", "",

@@ -103,9 +103,21 @@ def test_loras_of_another_base_are_dropped_before_the_loras_stage(tmp_path, monk
     shipped = {"base": build._base_key(), "lora_steps": 400, "lora_batch": 8, "lora_lr": 3e-3,
                "lora_rank": 8, "lora_pool": 800, "styles": []}
     build.MANIFEST.write_text(json.dumps(shipped))
-    assert build.drop_stale_loras(build.BuildPlan(lora_steps=400, lora_ema=0.0)) == []
-    assert build.drop_stale_loras(build.BuildPlan(lora_steps=400, lora_ema=0.99)) == [
+    assert build.drop_stale_loras(build.BuildPlan(lora_steps=400, lora_ema=0.0,
+                                                  lora_tuning={})) == []
+    assert build.drop_stale_loras(build.BuildPlan(lora_steps=400, lora_ema=0.99,
+                                                  lora_tuning={})) == [
         loras / "sepia.safetensors"]
+    # a per-style tuning is part of the recipe: a pack built without it (or another) is stale
+    (loras / "sepia.safetensors").write_bytes(b"x")
+    tuned = build.BuildPlan(lora_tuning={"sepia": {"steps": 1200, "strength": 0.85}})
+    build.write_manifest(tuned)
+    assert json.loads(build.MANIFEST.read_text())["lora_tuning"] == tuned.lora_tuning
+    assert build.drop_stale_loras(tuned) == []
+    assert build.drop_stale_loras(build.BuildPlan(lora_tuning={})) == [
+        loras / "sepia.safetensors"]
+    assert tuned.lora_setting("sepia") == (1200, 0.85)
+    assert tuned.lora_setting("noir") == (tuned.lora_steps, 1.0)
 
 
 def test_style_lora_trains_and_saves_in_each_layout(tiny_pipeline_dir, tmp_path):
@@ -125,6 +137,41 @@ def test_style_lora_trains_and_saves_in_each_layout(tiny_pipeline_dir, tmp_path)
         assert torch.allclose(lora.modules[target].delta(), modules[0].delta(), atol=1e-2)
     assert kinds["kohya"] == ("kohya", "Sepia")
     assert kinds["sparse"] == ("kohya", None)
+
+
+def test_a_style_lora_file_carries_its_strength_in_each_layout(tiny_pipeline_dir, tmp_path):
+    """BuildPlan.lora_tuning's strength is what weight 1.0 gives, read back by our reader and
+    by diffusers' own loader (which reads the adapter metadata's alpha on top of the tensors)."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    modules = train_style_lora(pipe, "sepia", steps=2, batch=2, pool=4, rank=2)
+    table = load_base(tiny_pipeline_dir, device="cpu").table
+    target = modules[0].target
+    (tmp_path / "one").mkdir()
+    (tmp_path / "strong").mkdir()
+    for slug in ("sepia", "blueprint", sorted(STYLES)[3]):  # kohya, diffusers, sparse kohya
+        plain = read_lora(save_style_lora(modules, tmp_path / "one", slug, 2, 2),
+                          ReadOptions(base_table=table))
+        path = save_style_lora(modules, tmp_path / "strong", slug, 2, 2, strength=1.5)
+        strong = read_lora(path, ReadOptions(base_table=table))
+        assert torch.allclose(strong.modules[target].delta(), 1.5 * plain.modules[target].delta(),
+                              atol=1e-2, rtol=1e-2), layout_of(slug)
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+        if layout_of(slug) == "diffusers":
+            assert json.loads(metadata["lora_adapter_metadata"])["unet.lora_alpha"] == 2
+            diffusers_pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+            layer = target.split(".", 1)[1]
+            before = diffusers_pipe.unet.get_submodule(layer).weight.detach().clone()
+            diffusers_pipe.load_lora_weights(str(path))
+            diffusers_pipe.fuse_lora(lora_scale=1.0)
+            wrapped = diffusers_pipe.unet.get_submodule(layer)  # PEFT's layer round the original
+            fused = getattr(wrapped, "base_layer", wrapped).weight.detach() - before
+            assert torch.allclose(fused, strong.modules[target].delta(), atol=1e-2, rtol=1e-2)
+        else:
+            assert metadata["ss_network_alpha"] == "3"  # rank 2 × 1.5, as the tensors say
 
 
 def test_shape_word_term_is_the_hinge_on_the_wrong_captions_rise(tiny_pipeline_dir):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from styles.starter.paths import (
@@ -28,6 +28,23 @@ from styles.starter.paths import (
 )
 
 MANIFEST = STARTER_DIR / "manifest.json"
+
+
+LORA_TUNING: dict[str, dict] = {  # chosen in benchmarks/results/lora_strength.md
+    "arrow": {"strength": 1.4},
+    "crescent-moon": {"steps": 1200, "strength": 1.2},
+    "crosshatch": {"strength": 1.2},
+    "halftone": {"steps": 1200, "strength": 1.4},
+    "lightning-bolt": {"strength": 1.4},
+    "line-art": {"strength": 0.85},
+    "negative": {"strength": 1.6},
+    "pastel": {"strength": 1.2},
+    "pencil-sketch": {"steps": 1200},
+    "pop-art": {"strength": 0.7},
+    "smiley-face": {"steps": 1200, "strength": 1.2},
+    "stained-glass": {"strength": 0.85},
+    "watercolor": {"strength": 1.2},
+}
 
 
 @dataclass(frozen=True)
@@ -44,9 +61,18 @@ class BuildPlan:
     lora_rank: int = 8
     lora_pool: int = 800  # distinct training scenes per style LoRA (4000: see README)
     lora_ema: float = 0.99  # decay of the LoRA weights' moving average; 0: the last step's
+    # per style: other steps than lora_steps, and the strength its file carries (weight 1.0
+    # gives it; 1 where not named), chosen on validation prompts (lora_strength.md)
+    lora_tuning: dict[str, dict] = field(default_factory=lambda: dict(LORA_TUNING))
     seed: int = 0
     work: Path = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas")) \
         / "starter-build"
+
+
+    def lora_setting(self, slug: str) -> tuple[int, float]:
+        """(steps, strength) of one style's LoRA."""
+        tuning = self.lora_tuning.get(slug, {})
+        return int(tuning.get("steps", self.lora_steps)), float(tuning.get("strength", 1.0))
 
 
 def _bar(name: str):
@@ -80,11 +106,12 @@ def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
     for slug in slugs or everything:
         path = LORA_DIR / file_name(slug)
         if not path.is_file():  # seeded by the style, so shards train what one run would
-            modules = train_style_lora(pipe, slug, plan.lora_steps, plan.lora_batch,
+            steps, strength = plan.lora_setting(slug)
+            modules = train_style_lora(pipe, slug, steps, plan.lora_batch,
                                        plan.lora_rank, lr=plan.lora_lr, pool=plan.lora_pool,
                                        seed=plan.seed + everything.index(slug),
                                        ema=plan.lora_ema, progress=_bar(f"lora {slug}"))
-            save_style_lora(modules, LORA_DIR, slug, plan.lora_steps, plan.lora_rank)
+            save_style_lora(modules, LORA_DIR, slug, steps, plan.lora_rank, strength)
         written.append(path)
     if all((LORA_DIR / file_name(slug)).is_file() for slug in everything):
         write_manifest(plan)  # the pack is complete: only then is it the starter library
@@ -95,17 +122,19 @@ def _recipe(plan: BuildPlan) -> dict:
     """The training settings a style LoRA depends on (as the manifest records them)."""
     return {"lora_steps": plan.lora_steps, "lora_batch": plan.lora_batch,
             "lora_lr": plan.lora_lr, "lora_rank": plan.lora_rank, "lora_pool": plan.lora_pool,
-            "lora_ema": plan.lora_ema}
+            "lora_ema": plan.lora_ema, "lora_tuning": plan.lora_tuning}
 
 
 def drop_stale_loras(plan: BuildPlan | None = None) -> list[Path]:
     """Delete the style LoRAs (and manifest) trained on another base than the shipped one, or
     (given a plan) with another recipe, so that the loras stage retrains them all; return what
-    was deleted. A manifest without `lora_ema` was built without it (0)."""
+    was deleted. A manifest without `lora_ema` was built without it (0), one without
+    `lora_tuning` with none."""
     if not MANIFEST.is_file():
         return []
     manifest = json.loads(MANIFEST.read_text())
-    defaults = {**_recipe(BuildPlan()), "lora_ema": 0.0}  # for keys older manifests lack
+    defaults = {**_recipe(BuildPlan()), "lora_ema": 0.0,  # for keys older manifests lack
+                "lora_tuning": {}}
     built = {key: manifest.get(key, value) for key, value in defaults.items()}
     if manifest.get("base") == _base_key() and (plan is None or built == _recipe(plan)):
         return []

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -176,15 +177,17 @@ def extract_modules(unet: torch.nn.Module, adapter: str = "default") -> list[Lor
     return modules
 
 
-def style_metadata(slug: str, steps: int, rank: int) -> dict[str, str]:
-    """What kohya sd-scripts / modelspec write, from the style's card; sparse ones get none."""
+def style_metadata(slug: str, steps: int, rank: int, alpha: float | None = None) -> dict[str, str]:
+    """What kohya sd-scripts / modelspec write, from the style's card; sparse ones get none.
+    `alpha`: the network alpha the file's tensors carry (default: the rank, scale 1)."""
     spec = STYLES[slug]
+    alpha = f"{rank if alpha is None else alpha:g}"
     if layout_of(slug) == "sparse":
-        return {"ss_network_dim": str(rank), "ss_network_alpha": str(rank)}
+        return {"ss_network_dim": str(rank), "ss_network_alpha": alpha}
     tags = {tag: 10 for tag in spec.tags}
     metadata = {
         "ss_output_name": slug, "ss_network_module": "networks.lora",
-        "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
+        "ss_network_dim": str(rank), "ss_network_alpha": alpha,
         "ss_base_model_version": "loratlas-starter", "ss_max_train_steps": str(steps),
         "ss_tag_frequency": json.dumps({f"10_{slug}": tags}),
         "modelspec.sai_model_spec": "1.0.0",
@@ -198,11 +201,17 @@ def style_metadata(slug: str, steps: int, rank: int) -> dict[str, str]:
 
 
 def save_style_lora(modules: list[LoraModule], folder: Path, slug: str, steps: int,
-                    rank: int) -> Path:
-    metadata = style_metadata(slug, steps, rank)
+                    rank: int, strength: float = 1.0) -> Path:
+    """The style's file in its layout. `strength` is carried by the file, so that weight 1.0
+    gives it (BuildPlan.lora_tuning): as the alpha in kohya's layout (alpha / rank scales the
+    delta), folded into the up factors in diffusers' (whose adapter metadata then says scale
+    1, as diffusers writes it)."""
+    modules = [replace(module, scale=module.scale * strength) for module in modules]
     path = folder / file_name(slug)
     if layout_of(slug) == "diffusers":
+        metadata = style_metadata(slug, steps, rank)
         adapter = {"unet.r": rank, "unet.lora_alpha": rank, "unet.target_modules": TARGETS}
         metadata["lora_adapter_metadata"] = json.dumps(adapter)
         return save_diffusers(modules, path, metadata, dtype=torch.float16)
-    return save_kohya(modules, path, metadata, dtype=torch.float16)
+    return save_kohya(modules, path, style_metadata(slug, steps, rank, rank * strength),
+                      dtype=torch.float16)
