@@ -246,8 +246,8 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
                                         if Path(args.gates) != GATES.parent else ""))
     lines = [
         "# Fusion quality: several starter styles in one image, per mode", "",
-        machine_line(), f"Command: `{command}` ({minutes:.0f} min, 1 torch thread, machine "
-        "shared with training jobs).", "",
+        machine_line(), f"Command: `{command}` ({minutes:.0f} min wall time on this shared "
+        "machine: the s / image column is a rough guide; fusion_speed.md measures speed).", "",
         "Starter base model and style LoRAs (each at weight 1.0), "
         f"{args.steps} DPM-Solver steps, guidance {bench.engine.base.guidance_scale:g} (the "
         "pack's recommended scale), 64×64; judges from "
