@@ -68,7 +68,6 @@ class BuildPlan:
     work: Path = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas")) \
         / "starter-build"
 
-
     def lora_setting(self, slug: str) -> tuple[int, float]:
         """(steps, strength) of one style's LoRA."""
         tuning = self.lora_tuning.get(slug, {})
