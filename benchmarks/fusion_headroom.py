@@ -107,7 +107,8 @@ def write(args, rows: dict, minutes: float) -> None:
                f"{args.per_k} --steps {args.steps}")
     lines = [
         "# Fusion headroom: what any weighting of the LoRAs could win", "", machine_line(),
-        f"Command: `{command}` ({minutes:.0f} min, 1 torch thread).", "",
+        f"Command: `{command}` ({minutes:.0f} min, {args.threads} torch "
+        f"thread{'s' * (args.threads > 1)}).", "",
         f"The prompts, seeds, judges and verdicts of `fusion_quality.md` ({args.per_k} two-style "
         f"and {args.per_k} three-style prompts from held-out style sets; starter LoRAs, "
         f"{args.steps} DPM-Solver steps, guidance 2, 64×64). Each row applies one choice to "
