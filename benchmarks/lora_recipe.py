@@ -106,8 +106,8 @@ def measure(slug: str, recipe: dict, prompts: int, plain: bool, shipped: str) ->
              "candidate": train(pipe, slug, recipe, tag(recipe))}
     trained = time.time() - started  # near 0 when an earlier run left the file
     if plain:
-        shipped = {"ema": BuildPlan().lora_ema}  # the pack's own recipe, retrained
-        paths["plain"] = train(pipe, slug, shipped, f"plain-{tag(shipped)}")
+        pack_recipe = {"ema": BuildPlan().lora_ema}  # the pack's own recipe, retrained
+        paths["plain"] = train(pipe, slug, pack_recipe, f"plain-{tag(pack_recipe)}")
     service = LoratlasService(ServiceConfig(device="cpu"))
     judges = Judges.load(JUDGES_DIR)
     noise = DDPMScheduler.from_config(pipe.scheduler.config)

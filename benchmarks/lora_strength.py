@@ -39,6 +39,7 @@ from pathlib import Path
 from common import RESULTS, ROOT, machine_line
 from lora_recipe import fingerprint
 
+from fusion.base import recommended_guidance
 from styles.starter.build import BuildPlan
 from styles.starter.looks import STYLES
 from styles.starter.paths import JUDGES_DIR, PIPELINE_DIR
@@ -52,6 +53,10 @@ WORK = ROOT / ".cache" / "lora_strength"
 
 def margin(style: float, content: float) -> float:
     return min(style / TARGETS[0], content / TARGETS[1])
+
+
+def meets(style: float, content: float) -> bool:
+    return style >= TARGETS[0] and content >= TARGETS[1]
 
 
 class Judge:
@@ -69,10 +74,12 @@ class Judge:
                                                             dtype=torch.float32)
         self.pipe.set_progress_bar_config(disable=True)
         self.judges, self.prompts = Judges.load(JUDGES_DIR), prompts
+        self.guidance = recommended_guidance(PIPELINE_DIR)
 
     def __call__(self, slug: str, path: Path, strength: float) -> tuple[float, float]:
         import torch
         from common import images_as_array
+        from lora_diagnostics import with_lora
         from starter_quality import scenes, verdicts
 
         from styles.reader import read_lora
@@ -82,22 +89,12 @@ class Judge:
             return tuple(json.loads(record.read_text()))
         cases = scenes(self.prompts, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1),
                        background=False)
-        modules = dict(self.pipe.unet.named_modules())
-        saved = []
-        try:
-            for module in read_lora(path).modules.values():
-                weight = modules[module.path].weight
-                saved.append((weight, weight.data))
-                weight.data = weight.data + strength * module.delta().to(weight.dtype)
-            generators = [torch.Generator().manual_seed(VALIDATION_SEED + i)
-                          for i in range(len(cases))]
-            with torch.no_grad():
-                images = self.pipe([prompt for prompt, _, _ in cases], height=64, width=64,
-                                   num_inference_steps=20, guidance_scale=2.0,
-                                   generator=generators).images
-        finally:
-            for weight, original in saved:
-                weight.data = original
+        generators = [torch.Generator().manual_seed(VALIDATION_SEED + i)
+                      for i in range(len(cases))]
+        with with_lora(self.pipe.unet, read_lora(path), strength), torch.no_grad():
+            images = self.pipe([prompt for prompt, _, _ in cases], height=64, width=64,
+                               num_inference_steps=20, guidance_scale=self.guidance,
+                               generator=generators).images
         figures = verdicts(self.judges, slug, images_as_array(images), cases)
         WORK.mkdir(parents=True, exist_ok=True)
         partial = record.with_suffix(".tmp")
@@ -118,10 +115,10 @@ def walk(slug: str, candidates: list[tuple[str, str]], prompts: int) -> dict:
         path = Path(folder) / file_name(slug)
         points = [(1.0, *_judge(slug, path, 1.0))]
         style, content = points[0][1:]
-        if style < TARGETS[0] or content < TARGETS[1]:
+        if not meets(style, content):
             for strength in UP if style / TARGETS[0] < content / TARGETS[1] else DOWN:
                 points.append((strength, *_judge(slug, path, strength)))
-                if points[-1][1] >= TARGETS[0] and points[-1][2] >= TARGETS[1]:
+                if meets(*points[-1][1:]):
                     break
                 if margin(*points[-1][1:]) <= margin(*points[-2][1:]):
                     break
@@ -137,7 +134,7 @@ def choose(walks: dict[str, list[tuple[float, float, float]]]) -> tuple[str, flo
     nearest 1, among the points that do; where none does, the best margin."""
     points = [(i, label, k, s, c) for i, (label, walk) in enumerate(walks.items())
               for k, s, c in walk]
-    meeting = [p for p in points if p[3] >= TARGETS[0] and p[4] >= TARGETS[1]]
+    meeting = [p for p in points if meets(p[3], p[4])]
     if meeting:
         best = min(meeting, key=lambda p: (p[0], abs(p[2] - 1.0), -margin(p[3], p[4])))
     else:
@@ -197,11 +194,11 @@ def main() -> None:
         at_one = [row["walks"][label][0] for row in rows]
         lines.append("")
         lines.append(f"- {label} steps at strength 1: both targets met by "
-                     f"{sum(s >= TARGETS[0] and c >= TARGETS[1] for _, s, c in at_one)}/"
+                     f"{sum(meets(s, c) for _, s, c in at_one)}/"
                      f"{len(rows)} on these prompts")
     chosen = [row["choice"] for row in rows]
     lines.append(f"- chosen: both targets met by "
-                 f"{sum(c['style'] >= TARGETS[0] and c['content'] >= TARGETS[1] for c in chosen)}"
+                 f"{sum(meets(c['style'], c['content']) for c in chosen)}"
                  f"/{len(rows)} on these prompts (the prompts that chose them)")
     steps = BuildPlan().lora_steps
     tuning = {row["slug"]: {key: value for key, value in
