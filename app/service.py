@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -297,8 +297,32 @@ class LoratlasService:
             listed = {item.ref for item in loras}
             loras += [LoraRequest(hit["slug"]) for hit in styles if hit["slug"] not in listed]
         uses = [self._use(item, engine) for item in loras]
+        result = self._run(self._recipe(request, uses), uses, out_dir, on_step)
+        result.styles = styles
+        return result
+
+    def generate_many(self, requests: list[GenerateRequest]) -> list:
+        """One image per request, for requests that differ only in prompt and seed (a
+        benchmark's prompts): denoised together where the mode allows, each the image
+        `generate` makes alone up to float rounding (GenerationEngine.generate_many)."""
+        first = requests[0]
+        if first.auto or any(replace(r, prompt=first.prompt, seed=first.seed) != first
+                             for r in requests):
+            raise ServiceError("generate_many takes requests that differ only in prompt and "
+                               "seed, with their LoRAs named (no auto)")
+        engine = self.engine
+        uses = [self._use(item, engine) for item in first.loras]
+        recipes = [self._recipe(request, uses) for request in requests]
         try:
-            recipe = engine.recipe_for(
+            output = engine.generate_many(recipes, uses)
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from exc
+        self._keep_profiles(uses)
+        return output.images
+
+    def _recipe(self, request: GenerateRequest, uses: list[LoraUse]) -> Recipe:
+        try:
+            return self.engine.recipe_for(
                 request.prompt, uses, seed=request.seed, steps=request.steps,
                 num_images=request.num_images, width=request.width,
                 height=request.height, guidance_scale=request.guidance_scale,
@@ -307,9 +331,6 @@ class LoratlasService:
                 gate_tolerance=request.gate_tolerance)
         except ValueError as exc:
             raise ServiceError(str(exc)) from exc
-        result = self._run(recipe, uses, out_dir, on_step)
-        result.styles = styles
-        return result
 
     def replay(self, recipe: Recipe, out_dir: str | Path | None = None) -> GenerateResult:
         """Regenerate from a recipe; every LoRA must have the recorded sha256."""

@@ -6,7 +6,9 @@ noise and timesteps as the shipped LoRA) with the changes asked for: `shape_word
 that asks the caption naming the wrong shape to fit the image worse) at weight W, the moving
 average of its weights with decay D (the shipped LoRAs use D = 0.99, so give `--ema 0.99` to
 change only something else), the loss weighted by where the style changes the image
-(`change_weights`, strength C), or another number of steps. It is judged beside the shipped LoRA
+(`change_weights`, strength C), another number of steps, or the cross-attention's key and
+value projections left as the base has them (`--frozen-text-kv`: the LoRA cannot change how
+the UNet reads the prompt's words). It is judged beside the shipped LoRA
 of the same style on the same held-out prompts and seeds as starter_quality.py (style
 detected, content right), with the shape-word reliance of lora_diagnostics.py (the loss rise
 when the caption names another shape).
@@ -23,7 +25,8 @@ figures (keyed by its bytes and the judges') are kept under `.cache/lora_recipe/
 over more styles measures only what is new.
 
     .venv/bin/python benchmarks/lora_recipe.py [--styles a,b|all] [--prompts 40]
-        [--shape-weight W] [--ema D] [--change-weight C] [--steps N] [--workers 2]
+        [--shape-weight W] [--ema D] [--change-weight C] [--steps N] [--frozen-text-kv]
+        [--workers 2]
         [--plain] [--shipped DIR] [--out FILE]
 """
 
@@ -57,6 +60,7 @@ def train(pipe, slug: str, recipe: dict, name: str) -> Path:
     plan = BuildPlan()
     options = {"ema": 0.0, **recipe}  # the plain recipe unless the change names an EMA
     steps = options.pop("steps", None) or plan.lora_steps
+    options["text_kv"] = not options.pop("frozen_text_kv", False)
     unet = PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors"
     folder = WORK / f"{name}-{hashlib.sha256(unet.read_bytes()).hexdigest()[:8]}"
     path = folder / file_name(slug)
@@ -79,7 +83,8 @@ def fingerprint(lora: Path, judges: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-NAMES = {"shape_weight": "shape", "ema": "ema", "change_weight": "change", "steps": "steps"}
+NAMES = {"shape_weight": "shape", "ema": "ema", "change_weight": "change", "steps": "steps",
+         "frozen_text_kv": "kv"}
 
 
 def tag(recipe: dict) -> str:
@@ -143,6 +148,8 @@ def main() -> None:
                         help="weigh the loss by where the style changes the image")
     parser.add_argument("--steps", type=int, default=0,
                         help="optimiser steps (0: the pack's, BuildPlan.lora_steps)")
+    parser.add_argument("--frozen-text-kv", action="store_true",
+                        help="leave the cross-attention's key and value projections untrained")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--shipped", default=str(LORA_DIR),
@@ -150,10 +157,11 @@ def main() -> None:
     parser.add_argument("--out", help="default: results/lora_recipe_<recipe>.md")
     args = parser.parse_args()
     change = {"shape_weight": args.shape_weight, "ema": args.ema,
-              "change_weight": args.change_weight, "steps": args.steps}
+              "change_weight": args.change_weight, "steps": args.steps,
+              "frozen_text_kv": args.frozen_text_kv}
     if not any(change.values()):
         parser.error("name a recipe to compare with the shipped one: --shape-weight, --ema, "
-                     "--change-weight or --steps")
+                     "--change-weight, --steps or --frozen-text-kv")
     out = Path(args.out or RESULTS / f"lora_recipe_{tag(change)}.md")
     slugs = sorted(STYLES) if args.styles == "all" else \
         [s.strip() for s in args.styles.split(",") if s.strip()]
@@ -171,11 +179,13 @@ def main() -> None:
     recipe = " and ".join([f"shape term W = {args.shape_weight:g}"] * bool(args.shape_weight)
                           + [f"EMA {args.ema:g}"] * bool(args.ema)
                           + [f"change weight {args.change_weight:g}"] * bool(args.change_weight)
-                          + [f"{args.steps} steps"] * bool(args.steps))
+                          + [f"{args.steps} steps"] * bool(args.steps)
+                          + ["the cross-attention's key and value frozen"]
+                          * args.frozen_text_kv)
     titles = {"shipped": "shipped", "candidate": recipe, "plain": "shipped recipe, retrained"}
     listed = "all" if slugs == sorted(STYLES) else ",".join(slugs)
-    flags = "".join(f" --{key.replace('_', '-')} {value:g}" for key, value in change.items()
-                    if value)
+    flags = "".join(f" --{key.replace('_', '-')}" + ("" if value is True else f" {value:g}")
+                    for key, value in change.items() if value)
     command = (f"`.venv/bin/python benchmarks/lora_recipe.py --styles {listed} "
                f"--prompts {args.prompts}{flags} --workers {args.workers}"
                + (" --plain" if args.plain else "")

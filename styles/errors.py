@@ -17,6 +17,9 @@ class LoraRefused(Exception):
         self.details: dict[str, object] = {}  # what was learnt before the refusal (format, family)
         super().__init__(f"{Path(self.path).name}: {problem} {advice}".strip())
 
+    def __reduce__(self):  # pickles whole, so a refusal crosses a process pool intact
+        return type(self), (self.path, self.problem, self.advice), {"details": self.details}
+
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "file": self.path, "problem": self.problem,
                 "advice": self.advice, "message": str(self)}

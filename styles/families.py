@@ -26,6 +26,30 @@ def _is_cross_kv(module: RawModule) -> bool:
     return name.endswith(("attn2.to.k", "attn2.to.v"))
 
 
+def fitting_families(unet: list[RawModule]) -> list[str]:
+    """The families whose reference UNet has a module of each name and delta shape given.
+
+    Only used when a LoRA leaves the cross-attention key/value out (some style LoRAs do): no
+    other width names the family (the starter's feed-forward is 768 wide, like SD 1.x's text).
+    SD 1.x and 2.x share names and most shapes, so an attention-only LoRA may fit both."""
+    from styles.architectures import REFERENCE_CONFIGS, reference_table
+
+    if any(m.style == "index" for m in unet):
+        return []  # cloneofsimo's numbered modules carry no names to check
+    fits = []
+    for family in dict.fromkeys(("starter", *REFERENCE_CONFIGS)):
+        table = reference_table(family)
+        for module in unet:
+            target, shape = table.resolve("unet", module.name), weight_shape_in(module)
+            spec = table.specs.get(target) if target else None
+            if spec is None or shape != (spec.out_features, spec.in_features
+                                         * spec.kernel_size[0] * spec.kernel_size[1]):
+                break
+        else:
+            fits.append(family)
+    return fits
+
+
 def detect_family(parsed: ParsedKeys) -> tuple[str, str]:
     """(family, evidence) from the keys and tensor shapes alone."""
     modules = list(parsed.modules.values())
@@ -42,16 +66,19 @@ def detect_family(parsed: ParsedKeys) -> tuple[str, str]:
             if family:
                 return family, f"cross-attention key/value input width {shape[1]}"
             return "unknown", f"cross-attention input width {shape[1]} matches no known family"
-    widths = {shape[1] for m in unet if (shape := weight_shape_in(m))}
-    for width, family in CROSS_ATTENTION_WIDTH.items():
-        if width in widths and unet:
-            return family, f"a UNet projection with input width {width} (cross-attention)"
+    fits = fitting_families(unet) if unet else []  # no cross-attention key/value
+    if len(fits) == 1:
+        return fits[0], (f"every UNet module fits {FAMILY_LABELS[fits[0]]}'s UNet by name and "
+                         "shape (no cross-attention key/value to read the text width from)")
     text = [m for m in modules if m.component == "text_encoder"]
     for module in text:
         if shape := weight_shape_in(module):
             family = TEXT_ENCODER_WIDTH.get(min(shape))
             if family:
                 return family, f"text-encoder width {min(shape)}"
+    if len(fits) > 1:
+        return "unknown", ("no cross-attention key/value, and the UNet modules fit "
+                           + " and ".join(FAMILY_LABELS[f] for f in fits) + " alike")
     if unet:
         return "unknown", "UNet keys without a cross-attention projection to tell the family"
     if modules:

@@ -64,6 +64,36 @@ def test_sd2_lora_is_refused_on_an_sd1_base():
         read_lora(FIXTURES / CASES[2][0], ReadOptions(base_family="sd1"))
 
 
+def test_without_cross_attention_key_value_the_family_is_named_only_when_one_fits(tmp_path):
+    """Drop attn2.to_k/to_v (where the text width shows): an attention-only SD 1.x LoRA then
+    fits SD 1.x and 2.x alike and is called unknown, not guessed; LyCORIS's text-encoder
+    modules still tell SD 1.x."""
+    from safetensors.torch import load_file, save_file
+
+    found = {}
+    for name in ("Krishna4311__Cloud-LoRA-Object-Removal__pytorch_lora_weights.safetensors",
+                 "KohakuBlueleaf__LyCORIS__smart_falcon_4_lokr.safetensors"):
+        tensors = load_file(FIXTURES / name)
+        kept = {k: v for k, v in tensors.items()
+                if not any(part in k.replace("_", ".") for part in ("attn2.to.k", "attn2.to.v"))}
+        assert len(kept) < len(tensors)
+        save_file(kept, str(tmp_path / name))
+        found[name.split("__")[0]] = detected(tmp_path / name)
+    assert found["Krishna4311"] == ("unknown", True)
+    assert found["KohakuBlueleaf"] == ("sd1", False)
+
+
+def detected(path) -> tuple[str, bool]:
+    """(family, whether the evidence says two families fit alike)."""
+    from styles.families import detect_family
+    from styles.formats import parse_keys
+    from styles.safe_read import read_safetensors
+
+    content = read_safetensors(path)
+    family, evidence = detect_family(parse_keys(content.tensors, content.metadata))
+    return family, "Stable Diffusion 1.x and Stable Diffusion 2.x alike" in evidence
+
+
 def test_flux_metadata_claim_is_overruled_by_the_tensors():
     lora = read_lora(FIXTURES / "leighwoods__public-loras__lora.safetensors")
     assert lora.family == "flux" and lora.metadata.family_hint == "sd1"

@@ -204,6 +204,18 @@ def test_shape_word_term_is_the_hinge_on_the_wrong_captions_rise(tiny_pipeline_d
         assert not all(torch.equal(a.up, b.up) for a, b in zip(plain_run, other, strict=True))
 
 
+def test_frozen_text_key_value_leaves_only_the_cross_attention_key_value_out(tiny_pipeline_dir):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    every = {m.target for m in train_style_lora(pipe, "sepia", steps=1, batch=2, pool=4, rank=2)}
+    frozen = {m.target for m in train_style_lora(pipe, "sepia", steps=1, batch=2, pool=4, rank=2,
+                                                 text_kv=False)}
+    text = {t for t in every if t.endswith((".attn2.to_k", ".attn2.to_v"))}
+    assert text and frozen == every - text
+    assert any(t.endswith(".attn1.to_k") for t in frozen)  # self-attention keeps its key
+
+
 def test_change_weights_follow_the_motif_and_keep_each_images_total():
     from styles.starter.data import world_batch, world_batch_with_change
 

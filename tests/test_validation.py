@@ -152,3 +152,30 @@ def test_lokr_factors_are_exact():
     up, down, _ = exact_factors(RawModule("unet", "x", "flat", full))
     expected = torch.kron(full["lokr_w1"], parts["lokr_w2_a"] @ parts["lokr_w2_b"])
     assert torch.allclose(up @ down, expected, atol=1e-5)
+
+
+def test_a_lora_without_cross_attention_key_value_is_placed_by_its_unet_modules(tmp_path):
+    """Style LoRAs that leave attn2.to_k/to_v untrained carry no text width. The starter's
+    feed-forward is 768 wide, SD 1.x's text width: the family comes from the module names and
+    shapes, not from a width that happens to match."""
+    from safetensors.torch import load_file
+
+    from styles.starter.paths import starter_loras
+
+    tensors = load_file(starter_loras()["sepia"])
+    kept = {k: v for k, v in tensors.items() if "attn2_to_k" not in k and "attn2_to_v" not in k}
+    assert 0 < len(kept) < len(tensors)
+    path = tmp_path / "no-text-kv.safetensors"
+    save_file(kept, str(path))
+    lora = read_lora(path)
+    assert lora.family == "starter" and len(lora.modules) == len(read_lora(
+        starter_loras()["sepia"]).modules) - (len(tensors) - len(kept)) // 3  # down, up, alpha
+
+
+def test_a_refusal_survives_pickling_whole():
+    """Benchmarks and builds read LoRAs in worker processes: a refusal must cross back."""
+    refusal = errors.WrongFamily("a.safetensors", "it is for SDXL.", "Pick a matching LoRA.")
+    refusal.details["family"] = "sdxl"
+    back = pickle.loads(pickle.dumps(refusal))
+    assert type(back) is errors.WrongFamily and str(back) == str(refusal)
+    assert back.to_dict() == refusal.to_dict() and back.details == {"family": "sdxl"}

@@ -50,7 +50,7 @@ def file_name(slug: str) -> str:
 def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: int = 8,
                      lr: float = 1e-3, seed: int = 0, pool: int = 800,
                      plain_captions: float = 0.75, shape_weight: float = 0.0,
-                     ema: float = 0.0, change_weight: float = 0.0,
+                     ema: float = 0.0, change_weight: float = 0.0, text_kv: bool = True,
                      progress: Progress | None = None) -> list[LoraModule]:
     """Train a LoRA on the UNet (text encoder frozen) on ground-truth images of one style.
 
@@ -63,7 +63,8 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
     that decay (warmed up over the first steps) instead of the last step's;
     `change_weight` > 0 weighs each latent pixel's loss by where the style changed the image
     (`change_weights`), so a small motif counts as much as a texture over the whole frame
-    (benchmarks/lora_recipe.py measures each)."""
+    `text_kv=False` leaves the cross-attention's key and value projections (where the UNet
+    reads the prompt's words) as the base has them (benchmarks/lora_recipe.py measures each)."""
     from diffusers import DDPMScheduler
 
     if shape_weight and change_weight:
@@ -88,7 +89,7 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
             if change_weight else None
     unet = copy.deepcopy(pipe.unet).float().train()
     unet.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS,
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=lora_targets(unet, text_kv),
                         init_lora_weights="gaussian")
     inject_adapter_in_model(config, unet, adapter_name="default")
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
@@ -121,6 +122,16 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
             for mean, p in zip(average, params, strict=True):
                 p.copy_(mean)
     return extract_modules(unet)
+
+
+def lora_targets(unet: torch.nn.Module, text_kv: bool = True) -> list[str]:
+    """The UNet modules a style LoRA adapts: TARGETS, without the cross-attention's key and
+    value projections (attn2.to_k, attn2.to_v) unless `text_kv`."""
+    if text_kv:
+        return TARGETS
+    text = (".attn2.to_k", ".attn2.to_v")
+    return [name for name, _ in unet.named_modules()
+            if any(name.endswith("." + t) for t in TARGETS) and not name.endswith(text)]
 
 
 def change_weights(changes: np.ndarray, size: int, strength: float) -> torch.Tensor:
