@@ -192,6 +192,9 @@ def main() -> None:
     parser.add_argument("--single-modes", default="gated",
                         help="modes measured on single styles besides the LoRA alone (switch, "
                         "composite and cmlora equal it by construction)")
+    parser.add_argument("--content-prompts", action="store_true",
+                        help="multi-style prompts without their style descriptions (the "
+                        "content caption they open with): what the style words do")
     parser.add_argument("--out", default=str(RESULTS / "fusion_quality.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -204,6 +207,9 @@ def main() -> None:
     # 1. multi-style prompts from held-out sets
     multi = {k: cases(held_out_sets(k, available), args.per_k, SEED + 1000 * k)
              for k in (2, 3)}
+    if args.content_prompts:
+        multi = {k: [dict(case, prompt=case["content"]) for case in batch]
+                 for k, batch in multi.items()}
     sheet_cases = [multi[2][0], multi[3][0], multi[3][1]]
     if not args.no_sheet:
         contact_sheet(bench, sheet_cases, modes, ROOT / "docs" / "fusion_modes.png")
@@ -243,7 +249,11 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
                f"{args.per_k} --per-style {args.per_style} --steps {args.steps} --modes "
                f"{','.join(modes)} --single-modes {args.single_modes} --gated-apply "
                f"{args.gated_apply}" + (f" --gates {args.gates}"
-                                        if Path(args.gates) != GATES.parent else ""))
+                                        if Path(args.gates) != GATES.parent else "")
+               + " --content-prompts" * args.content_prompts + " --no-sheet" * args.no_sheet
+               + (f" --threads {args.threads}" if args.threads != 1 else "")
+               + (f" --out {args.out}" if Path(args.out) != RESULTS / "fusion_quality.md"
+                  else ""))
     lines = [
         "# Fusion quality: several starter styles in one image, per mode", "",
         machine_line(), f"Command: `{command}` ({minutes:.0f} min wall time on this shared "
@@ -256,7 +266,10 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
         + ("(the split recorded in `styles/data/starter/gates/gates.json`)" if gates else
            "(no gate network trained yet: the same hash rule)") + ". "
         f"{len(multi[2])} two-style and {len(multi[3])} three-style prompts per mode, the same "
-        "prompts and seeds for every mode.", "",
+        "prompts and seeds for every mode."
+        + (" **Here the multi-style prompts are only the content caption each styled caption "
+           "opens with** (`--content-prompts`): the styles come from the LoRAs alone."
+           if args.content_prompts else ""), "",
         f"Gated: apply `{args.gated_apply}` (merged deltas rewritten when a gate moves > 0.05); "
         + (f"learned gates (`{bench.engine.gate_network_id}`)." if bench.engine.gate_network
            else "no learned gate network: the frequency prior.") +
@@ -282,12 +295,15 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
         seconds = float(np.median(bench.seconds[mode])) if mode in bench.seconds else None
         lines.append(f"| {mode} | " + " | ".join(row) +
                      (f" | {seconds:.2f} |" if seconds is not None else " | – |"))
-    lines += ["", "## Single styles", "",
-              f"{len(singles)} prompts ({args.per_style} per style). The LoRA alone is `merge` "
-              "with one LoRA; switch, composite and cmlora "
-              "reduce to it by construction (tests/test_engine.py, tests/test_fusion_modes.py).",
-              "", "| mode | success | style detected | content | Δ success vs alone |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "## Single styles", ""]
+    if not singles:
+        lines.append("Not measured (`--per-style 0`).")
+    else:
+        lines += [f"{len(singles)} prompts ({args.per_style} per style). The LoRA alone is "
+                  "`merge` with one LoRA; switch, composite and cmlora reduce to it by "
+                  "construction (tests/test_engine.py, tests/test_fusion_modes.py).", "",
+                  "| mode | success | style detected | content | Δ success vs alone |",
+                  "|---|---:|---:|---:|---:|"]
     alone = single_rows["merge"]["success"] if single_rows else 0.0
     for mode, row in single_rows.items():
         label = "LoRA alone (merge)" if mode == "merge" else mode
@@ -299,7 +315,8 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
                   f"Command: `{gates.get('command', '')}`. Held-out diffusion loss, merge → "
                   f"learned: 2 styles {held['merge']['k2']:.4f} → {held['learned']['k2']:.4f}, "
                   f"3 styles {held['merge']['k3']:.4f} → {held['learned']['k3']:.4f}."]
-    lines += ["", "Contact sheet: `docs/fusion_modes.png` (ground truth, then each mode)."]
+    if not args.no_sheet:
+        lines += ["", "Contact sheet: `docs/fusion_modes.png` (ground truth, then each mode)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
