@@ -62,7 +62,7 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
     pass per step); `ema` > 0 returns an exponential moving average of the LoRA weights with
     that decay (warmed up over the first steps) instead of the last step's;
     `change_weight` > 0 weighs each latent pixel's loss by where the style changed the image
-    (`change_weights`), so a small motif counts as much as a texture over the whole frame
+    (`change_weights`), so a small motif counts as much as a texture over the whole frame;
     `text_kv=False` leaves the cross-attention's key and value projections (where the UNet
     reads the prompt's words) as the base has them (benchmarks/lora_recipe.py measures each)."""
     from diffusers import DDPMScheduler
