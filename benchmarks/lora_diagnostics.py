@@ -74,16 +74,16 @@ def encode(pipe, images: np.ndarray, own: list[str], swapped: list[str]
 
 
 @contextlib.contextmanager
-def with_lora(unet: torch.nn.Module, lora, strength: float = 1.0) -> Iterator[torch.nn.Module]:
-    """The UNet with the LoRA merged in (W + strength · scale · up @ down); the original
-    weights are put back on exit."""
+def with_lora(unet: torch.nn.Module, lora) -> Iterator[torch.nn.Module]:
+    """The UNet with the LoRA merged in (W + scale · up @ down); the original weights are put
+    back on exit."""
     modules = dict(unet.named_modules())
     saved = []
     for module in lora.modules.values():
         assert module.component == "unet", module.target
         weight = modules[module.path].weight
         saved.append((weight, weight.data))
-        weight.data = weight.data + strength * module.delta().to(weight.dtype)
+        weight.data = weight.data + module.delta().to(weight.dtype)
     try:
         yield unet
     finally:

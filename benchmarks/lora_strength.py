@@ -12,9 +12,8 @@ earliest candidate, then the strength nearest 1); where nothing does, the best m
 Judged as starter_quality.py judges (the starter judges; guidance 2, 20 DPM-Solver steps) but
 on validation prompts and seeds (60_000 + ...), disjoint from starter_quality's held-out ones
 (10_000 to 39_000), which then measure the chosen pack without the choice's luck. Images come
-from the base pipeline with the LoRA merged into its weights, a batch of prompts at a time;
-that gives the service's images (checked: neon-night and stained-glass, 20 prompts each, the
-same figures as starter_quality.md). Figures are cached under `.cache/lora_strength/` by the
+from the service as starter_quality's do (the file at a weight, prompts in batches of 16,
+`LoratlasService.generate_many`). Figures are cached under `.cache/lora_strength/` by the
 file's bytes, the judges' and the base's weights.
 
     .venv/bin/python benchmarks/lora_strength.py \
@@ -39,10 +38,9 @@ from pathlib import Path
 from common import RESULTS, ROOT, machine_line
 from lora_recipe import fingerprint
 
-from fusion.base import recommended_guidance
 from styles.starter.build import BuildPlan
 from styles.starter.looks import STYLES
-from styles.starter.paths import JUDGES_DIR, PIPELINE_DIR
+from styles.starter.paths import JUDGES_DIR
 from styles.starter.style_loras import file_name
 
 VALIDATION_SEED = 60_000
@@ -60,41 +58,31 @@ def meets(style: float, content: float) -> bool:
 
 
 class Judge:
-    """One worker's pipeline and judges: (style detected, content right) of a LoRA file at a
+    """One worker's service and judges: (style detected, content right) of a LoRA file at a
     strength on one style's validation prompts."""
 
     def __init__(self, prompts: int):
         import torch
-        from diffusers import StableDiffusionPipeline
 
+        from app.service import LoratlasService, ServiceConfig
         from styles.starter.judges import Judges
 
         torch.set_num_threads(1)
-        self.pipe = StableDiffusionPipeline.from_pretrained(str(PIPELINE_DIR),
-                                                            dtype=torch.float32)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.service = LoratlasService(ServiceConfig(device="cpu"))
         self.judges, self.prompts = Judges.load(JUDGES_DIR), prompts
-        self.guidance = recommended_guidance(PIPELINE_DIR)
 
     def __call__(self, slug: str, path: Path, strength: float) -> tuple[float, float]:
-        import torch
         from common import images_as_array
-        from lora_diagnostics import with_lora
-        from starter_quality import scenes, verdicts
+        from starter_quality import generate, scenes, verdicts
 
-        from styles.reader import read_lora
-
-        record = WORK / f"{fingerprint(path, JUDGES_DIR)}-{strength:g}-{self.prompts}.json"
+        record = WORK / f"{fingerprint(path, JUDGES_DIR)}-{strength:g}-{self.prompts}-service.json"
         if record.is_file():
             return tuple(json.loads(record.read_text()))
         cases = scenes(self.prompts, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1),
                        background=False)
-        generators = [torch.Generator().manual_seed(VALIDATION_SEED + i)
-                      for i in range(len(cases))]
-        with with_lora(self.pipe.unet, read_lora(path), strength), torch.no_grad():
-            images = self.pipe([prompt for prompt, _, _ in cases], height=64, width=64,
-                               num_inference_steps=20, guidance_scale=self.guidance,
-                               generator=generators).images
+        images = generate(self.service, [prompt for prompt, _, _ in cases],
+                          [VALIDATION_SEED + i for i in range(len(cases))], [str(path)],
+                          weight=strength)
         figures = verdicts(self.judges, slug, images_as_array(images), cases)
         WORK.mkdir(parents=True, exist_ok=True)
         partial = record.with_suffix(".tmp")

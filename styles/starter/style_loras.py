@@ -30,6 +30,7 @@ from styles.writers import save_diffusers, save_kohya
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
            "ff.net.2", "conv1", "conv2"]
+TEXT_KV = ["attn2.to_k", "attn2.to_v"]  # where the UNet reads the prompt's words
 Progress = Callable[[int, int, float], None]
 
 
@@ -89,7 +90,8 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
             if change_weight else None
     unet = copy.deepcopy(pipe.unet).float().train()
     unet.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=lora_targets(unet, text_kv),
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS,
+                        exclude_modules=None if text_kv else TEXT_KV,
                         init_lora_weights="gaussian")
     inject_adapter_in_model(config, unet, adapter_name="default")
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
@@ -122,16 +124,6 @@ def train_style_lora(pipe, slug: str, steps: int = 200, batch: int = 16, rank: i
             for mean, p in zip(average, params, strict=True):
                 p.copy_(mean)
     return extract_modules(unet)
-
-
-def lora_targets(unet: torch.nn.Module, text_kv: bool = True) -> list[str]:
-    """The UNet modules a style LoRA adapts: TARGETS, without the cross-attention's key and
-    value projections (attn2.to_k, attn2.to_v) unless `text_kv`."""
-    if text_kv:
-        return TARGETS
-    text = (".attn2.to_k", ".attn2.to_v")
-    return [name for name, _ in unet.named_modules()
-            if any(name.endswith("." + t) for t in TARGETS) and not name.endswith(text)]
 
 
 def change_weights(changes: np.ndarray, size: int, strength: float) -> torch.Tensor:
