@@ -65,6 +65,9 @@ def _checked(path: Path, options: ReadOptions, base_family: str | None,
             and family not in ("unknown", "not-image"):
         warnings.append(f"the metadata says {FAMILY_LABELS[metadata.family_hint]} but the tensors "
                         f"show {FAMILY_LABELS[family]} ({evidence}); the tensors decide.")
+    if family == "unknown":
+        warnings.append(f"the tensors do not tell which base model it is for ({evidence}); "
+                        "it is checked module by module against the base it is used with.")
     if family == "not-image":
         raise NotAnImageModel(path, f"this LoRA is not for an image model ({evidence}).",
                               "Loratlas uses LoRAs for Stable Diffusion models only.")

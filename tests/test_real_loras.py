@@ -80,6 +80,9 @@ def test_without_cross_attention_key_value_the_family_is_named_only_when_one_fit
         save_file(kept, str(tmp_path / name))
         found[name.split("__")[0]] = detected(tmp_path / name)
     assert found["Krishna4311"] == ("unknown", True)
+    stripped = read_lora(tmp_path / "Krishna4311__Cloud-LoRA-Object-Removal__pytorch_lora_weights"
+                         ".safetensors")
+    assert any("alike" in w for w in stripped.warnings)  # the user is told why it is unknown
     assert found["KohakuBlueleaf"] == ("sd1", False)
 
 
