@@ -28,7 +28,7 @@ from retrieval.retriever import Calibration, StyleRecord, StyleRetriever, words
 from retrieval.weight_encoder import WeightEncoder, weight_fingerprint
 from retrieval.word_view import WordView
 from styles.architectures import reference_table
-from styles.atlas import AtlasLayout
+from styles.atlas import AtlasError, AtlasLayout
 from styles.blobs import BlobStore
 from styles.catalog import Catalog, StyleEntry
 from styles.errors import LoraRefused, NoMatchingModules, ShapeMismatch, WrongFamily
@@ -382,8 +382,8 @@ class StyleLibrary:
         if self.atlas_path.is_file():
             try:
                 return AtlasLayout.from_json(self.atlas_path.read_text())
-            except (ValueError, KeyError):
-                pass  # a stale or damaged cache: rebuilt from the catalog below
+            except (AtlasError, ValueError, KeyError, TypeError):
+                pass  # an older version's, or a damaged cache: rebuilt from the catalog below
         return AtlasLayout()
 
     def _sync_atlas(self, entries: dict[str, StyleEntry]) -> None:

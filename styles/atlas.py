@@ -5,7 +5,10 @@ Pure numpy over the vectors it is handed (id → unit vector) and each style's t
 - layout: PCA to `pca_dims`, then an exact t-SNE in 2-D started from the PCA plane (so it is
   deterministic: no random start). Past `max_exact` styles, t-SNE runs on a seeded sample of
   landmarks and the rest are placed from their nearest landmarks, as `place` does.
-- clusters: seeded k-means in the PCA space, k chosen by the silhouette over `k_range`.
+- clusters: seeded k-means on the 2-D map itself, k chosen by the silhouette over `k_range`,
+  so each cluster is a region of the picture a person sees (`cluster_space="pca"` clusters in
+  the PCA space instead: there the silhouette is nearly flat for a small library, and the
+  clusters it picks are scattered over the map; benchmarks/atlas_clusters.py compares both).
 - labels: each cluster's tags that are most over-represented in it compared to the whole atlas.
 - `place` adds a style without moving any other point: the weighted mean of its nearest
   neighbours' positions (by cosine) plus a small offset derived from its id, so duplicates do
@@ -24,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-JSON_VERSION = 1
+JSON_VERSION = 2  # 2: config.cluster_space; centroids in that space
 
 
 class AtlasError(Exception):
@@ -65,6 +68,7 @@ class AtlasConfig:
     exaggeration: float = 12.0
     max_exact: int = field(default=1500, metadata={"help": "t-SNE on at most this many points"})
     k_range: tuple[int, int] = field(default=(2, 12), metadata={"help": "clusters tried"})
+    cluster_space: str = field(default="map", metadata={"help": "k-means on 'map' or 'pca'"})
     silhouette_sample: int = 1000
     neighbours: int = field(default=5, metadata={"help": "neighbours averaged by place()"})
     temperature: float = field(default=0.05, metadata={"help": "cosine softmax in place()"})
@@ -75,6 +79,9 @@ class AtlasConfig:
     def __post_init__(self) -> None:
         if self.pca_dims < 2 or self.k_range[0] < 2 or self.k_range[1] < self.k_range[0]:
             raise ValueError("AtlasConfig: need pca_dims >= 2 and 2 <= k_range[0] <= k_range[1]")
+        if self.cluster_space not in ("map", "pca"):
+            raise ValueError(f"AtlasConfig: cluster_space is 'map' or 'pca', not "
+                             f"{self.cluster_space!r}")
 
 
 @dataclass(frozen=True)
@@ -308,19 +315,25 @@ def cluster_labels(members: Mapping[int, Sequence[str]], tags: Mapping[str, Sequ
                    top: int = 3, min_share: float = 0.5) -> dict[int, list[str]]:
     """Each cluster's most distinctive tags: share in the cluster × log(share in / share in all).
 
-    Only tags on at least `min_share` of the members (a label should describe most of them)
-    and over-represented in the cluster count (a tag every style has scores 0); where none
-    is, the cluster's most common tags, so a mixed cluster reads as mixed ("color · line ·
-    texture") instead of taking the name of its largest minority."""
-    total = sum(len(m) for m in members.values())
-    overall = Counter(t for ms in members.values() for s in ms for t in _style_tags(tags, s))
+    Shares count only styles that have tags (an untagged file, as many community LoRAs are,
+    says nothing either way). Only tags on at least `min_share` of those members (a label
+    should describe most of them) and over-represented in the cluster count (a tag every
+    style has scores 0); where none is, the cluster's most common tags held by two members or
+    more (in a cluster of one or two, by `min_share` of it), so a mixed cluster reads as mixed
+    ("color · line · texture") instead of taking the name of its largest minority, or of one
+    member's tag."""
+    tagged = {c: [s for s in ms if _style_tags(tags, s)] for c, ms in members.items()}
+    total = sum(len(m) for m in tagged.values())
+    overall = Counter(t for ms in tagged.values() for s in ms for t in _style_tags(tags, s))
     out = {}
-    for cluster, ms in members.items():
+    for cluster, ms in tagged.items():
         inside = Counter(t for s in ms for t in _style_tags(tags, s))
         scored = sorted((-_distinctiveness(n / len(ms), overall[t] / total), -n, t)
                         for t, n in inside.items())
         picked = [t for score, n, t in scored if score < -1e-12 and -n >= min_share * len(ms)]
-        out[cluster] = (picked or [t for _, t in sorted((-n, t) for t, n in inside.items())])[:top]
+        least = min(2, math.ceil(min_share * len(ms)))  # a tag of one member of many: no
+        common = [t for n, t in sorted((-n, t) for t, n in inside.items()) if -n >= least]
+        out[cluster] = (picked or common)[:top]
     return out
 
 
@@ -372,8 +385,8 @@ class AtlasLayout:
         z = (matrix - mean) @ comps.T
         # 3. 2-D layout
         xy = _layout_2d(z, matrix, ids, cfg)
-        # 4. clusters, k by silhouette
-        labels, centroids = _clusters(z, cfg)
+        # 4. clusters, k by silhouette, on the map (or in the PCA space)
+        labels, centroids = _clusters(xy if cfg.cluster_space == "map" else z, cfg)
         # 5. keep everything; label clusters from tags
         atlas._ids, atlas._row = ids, {s: i for i, s in enumerate(ids)}
         atlas._vectors, atlas._xy, atlas._cluster = matrix, xy, labels
@@ -399,7 +412,7 @@ class AtlasLayout:
             raise VectorMismatch(f"vector for {style_id!r} has {v.shape[1]} dimensions, the "
                                  f"atlas {self._vectors.shape[1]}")
         xy = _placed(self._vectors @ v[0], self._xy, style_id, self._spacing, self.config)
-        z = (v[0] - self._mean) @ self._components.T
+        z = xy if self.config.cluster_space == "map" else (v[0] - self._mean) @ self._components.T
         cluster = int(_sq_dists(z[None, :], self._centroids)[0].argmin())
         self._row[style_id] = len(self._ids)
         self._ids.append(style_id)

@@ -233,3 +233,17 @@ def test_a_mixed_cluster_is_not_named_after_a_minority():
     assert cluster_labels(members, tags)[0] == ["color", "texture", "line"]
     clean = {0: ["m0", "m1", "m2"], 1: ["t0", "t1", "c0"]}
     assert cluster_labels(clean, tags) == {0: ["motif"], 1: ["texture"]}  # most members: named
+
+
+def test_untagged_styles_do_not_dilute_a_label_and_one_members_tag_is_no_label():
+    # the starter atlas's texture cluster: 3 of its 5 tagged members say "texture", two files
+    # carry no tags at all; before, the label shares counted them, no tag reached half, and
+    # the fallback named the cluster "texture · ancient · color" (one member each for the last)
+    tags = {"glitch": ["texture", "digital"], "halftone": ["texture", "print"],
+            "mosaic": ["texture", "ancient"], "pastel": ["color", "soft"],
+            "stripes": ["pattern", "lines"], "grain": [], "wash": [],
+            "sepia": ["color", "warm"], "noir": ["color", "dark"], "pop": ["color", "bold"]}
+    members = {0: ["glitch", "halftone", "mosaic", "pastel", "stripes", "grain", "wash"],
+               1: ["sepia", "noir", "pop"]}
+    assert cluster_labels(members, tags) == {0: ["texture"], 1: ["color"]}
+    assert cluster_labels({0: ["glitch", "pastel", "stripes"]}, tags) == {0: []}  # all singles
