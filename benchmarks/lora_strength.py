@@ -6,8 +6,14 @@ some undershoot (a concept LoRA draws its object in a third of images). For each
 each candidate file (LABEL=DIR: the files of one recipe, by the pack's file names), this walks
 the strength from 1.0 towards the target it misses (up when the style is short, down when the
 content is), 0.15-0.2 at a time, while the margin to both targets grows:
-`min(style / 0.80, content / 0.70)`. The least change that meets both targets is chosen (the
-earliest candidate, then the strength nearest 1); where nothing does, the best margin.
+`min(style / 0.80, content / 0.70)`. With `--blocks all,decoder` each candidate is also
+walked with only the UNet blocks a profile keeps (`BLOCK_PROFILES`: "decoder" = the up blocks,
+which render the image from the layout the down blocks read). The least change that meets both
+targets is chosen (the earliest candidate, then the earliest profile, then the strength nearest
+1); where nothing does, the best margin. Walks after one that meets both targets are not
+run (they could not be chosen; "–" in the table). `--assemble DIR` writes each style's chosen file
+(its candidate's modules, the profile's blocks, the strength as the file carries it) to DIR,
+as `loratlas starter build` would train it with the printed `BuildPlan.lora_tuning`.
 
 Judged as starter_quality.py judges (the starter judges; guidance 2, 20 DPM-Solver steps) but
 on validation prompts and seeds (60_000 + ...), disjoint from starter_quality's held-out ones
@@ -18,7 +24,8 @@ file's bytes, the judges' and the base's weights.
 
     .venv/bin/python benchmarks/lora_strength.py \
         --candidate 400=.cache/pack-15770f0/styles/data/starter/loras \
-        --candidate 1200=.cache/lora_recipe/ema0.99-steps1200-68efcf2d [--prompts 32]
+        --candidate 1200=.cache/lora_recipe/ema0.99-steps1200-68efcf2d [--prompts 32] \
+        [--blocks all,decoder] [--assemble DIR]
 
 The candidates as measured: the pack's 400-step files before they were tuned (`mkdir -p
 .cache/pack-15770f0 && git archive 15770f0 styles/data/starter/loras | tar -x -C
@@ -41,7 +48,7 @@ from lora_recipe import fingerprint
 from styles.starter.build import BuildPlan
 from styles.starter.looks import STYLES
 from styles.starter.paths import JUDGES_DIR
-from styles.starter.style_loras import file_name
+from styles.starter.style_loras import BLOCK_PROFILES, file_name
 
 VALIDATION_SEED = 60_000
 TARGETS = (0.80, 0.70)  # style detected, content right
@@ -94,13 +101,37 @@ class Judge:
 _judge: Judge | None = None
 
 
-def walk(slug: str, candidates: list[tuple[str, str]], prompts: int) -> dict:
-    """Every candidate's walk from strength 1.0 for one style (in a worker process)."""
+def with_blocks_file(slug: str, label: str, folder: str, blocks: str,
+                     strength: float = 1.0, out: Path | None = None) -> Path:
+    """The candidate's file for `slug` with only the blocks of profile `blocks`, carrying
+    `strength`, written as the build writes it (`save_style_lora`) into `out` (default: a work
+    folder per candidate and profile); the candidate's own file for "all" at strength 1."""
+    from styles.reader import read_lora
+    from styles.starter.style_loras import save_style_lora
+
+    source = Path(folder) / file_name(slug)
+    if blocks == "all" and strength == 1.0 and out is None:
+        return source
+    out = out or WORK / "blocks" / f"{label}-{blocks}-{fingerprint(source, JUDGES_DIR)}"
+    path = out / file_name(slug)
+    if out.parent == WORK / "blocks" and path.is_file():
+        return path
+    lora = read_lora(source)
+    return save_style_lora(list(lora.modules.values()), out, slug, int(label),
+                           BuildPlan().lora_rank, strength, blocks)
+
+
+def walk(slug: str, candidates: list[tuple[str, str]], prompts: int,
+         profiles: tuple[str, ...] = ("all",)) -> dict:
+    """Every candidate's and block profile's walk from strength 1.0 for one style (in a worker
+    process); walks are keyed "LABEL" for all blocks, "LABEL/PROFILE" otherwise."""
     global _judge
     _judge = _judge or Judge(prompts)
     walks = {}
-    for label, folder in candidates:
-        path = Path(folder) / file_name(slug)
+    for (label, folder), blocks in [(c, b) for c in candidates for b in profiles]:
+        if any(meets(s, c) for points in walks.values() for _, s, c in points):
+            break  # an earlier walk meets both targets: a later one cannot be chosen
+        path = with_blocks_file(slug, label, folder, blocks)
         points = [(1.0, *_judge(slug, path, 1.0))]
         style, content = points[0][1:]
         if not meets(style, content):
@@ -110,16 +141,25 @@ def walk(slug: str, candidates: list[tuple[str, str]], prompts: int) -> dict:
                     break
                 if margin(*points[-1][1:]) <= margin(*points[-2][1:]):
                     break
-        walks[label] = points
-    label, strength, style, content = choose(walks)
-    print(slug, label, strength, style, content, flush=True)
-    return {"slug": slug, "walks": walks, "choice": {"candidate": label, "strength": strength,
-                                                     "style": style, "content": content}}
+        walks[label if blocks == "all" else f"{label}/{blocks}"] = points
+    key, strength, style, content = choose(walks)
+    print(slug, key, strength, style, content, flush=True)
+    label, _, blocks = key.partition("/")
+    return {"slug": slug, "walks": walks, "choice": {
+        "candidate": label, "blocks": blocks or "all", "strength": strength, "style": style,
+        "content": content}}
+
+
+def walk_name(key: str) -> str:
+    """"400 steps" for a walk keyed "400", "400 steps, decoder only" for "400/decoder"."""
+    label, _, blocks = key.partition("/")
+    return f"{label} steps" + (f", {blocks} only" if blocks else "")
 
 
 def choose(walks: dict[str, list[tuple[float, float, float]]]) -> tuple[str, float, float, float]:
-    """The least change that meets both targets: the earliest candidate, then the strength
-    nearest 1, among the points that do; where none does, the best margin."""
+    """The least change that meets both targets: the earliest walk (candidate, then block
+    profile), then the strength nearest 1, among the points that do; where none does, the
+    best margin."""
     points = [(i, label, k, s, c) for i, (label, walk) in enumerate(walks.items())
               for k, s, c in walk]
     meeting = [p for p in points if meets(p[3], p[4])]
@@ -137,9 +177,17 @@ def main() -> None:
                         "LABEL is the steps they were trained for")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--blocks", default="all",
+                        help="block profiles walked for each candidate, in order of preference "
+                        f"(of {', '.join(BLOCK_PROFILES)})")
+    parser.add_argument("--assemble", help="write each style's chosen file to this folder")
     parser.add_argument("--out", default=str(RESULTS / "lora_strength.md"))
     args = parser.parse_args()
     candidates = [tuple(c.split("=", 1)) for c in args.candidate]
+    profiles = tuple(args.blocks.split(","))
+    if unknown := [b for b in profiles if b not in BLOCK_PROFILES]:
+        parser.error(f"--blocks: unknown profile(s) {', '.join(unknown)}; "
+                     f"known: {', '.join(BLOCK_PROFILES)}")
     for label, folder in candidates:
         missing = [s for s in STYLES if not (Path(folder) / file_name(s)).is_file()]
         if not label.isdigit() or missing:
@@ -150,10 +198,26 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         rows = list(pool.map(walk, slugs, [candidates] * len(slugs),
-                             [args.prompts] * len(slugs)))
+                             [args.prompts] * len(slugs), [profiles] * len(slugs)))
+    if args.assemble:
+        folders = dict(candidates)
+        for row in rows:
+            choice = row["choice"]
+            with_blocks_file(row["slug"], choice["candidate"], folders[choice["candidate"]],
+                             choice["blocks"], choice["strength"], Path(args.assemble))
 
-    labels = [label for label, _ in candidates]
+    labels = [label if blocks == "all" else f"{label}/{blocks}"
+              for label, _ in candidates for blocks in profiles]
+    for row in rows:  # walks after one that met both targets were not needed: "–"
+        row["walks"] = {label: row["walks"].get(label, []) for label in labels}
     flags = " ".join(f"--candidate {label}={folder}" for label, folder in candidates)
+    if profiles != ("all",):
+        flags += f" --blocks {args.blocks}"
+    if args.assemble:
+        flags += f" --assemble {args.assemble}"
+    out = Path(args.out).resolve()
+    if out != (RESULTS / "lora_strength.md").resolve():
+        flags += f" --out {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}"
     lines = [
         "# Style LoRA files and strengths, chosen on validation prompts", "", machine_line(),
         f"Command: `.venv/bin/python benchmarks/lora_strength.py {flags} --prompts "
@@ -167,23 +231,26 @@ def main() -> None:
         "strength nearest 1), else the best margin. These figures chose: they are "
         "optimistic; starter_quality.md measures the chosen pack on other prompts. "
         "How to get the candidate folders: the module's docstring.", "",
-        "| style | " + " | ".join(f"{name} steps: strength → style / content" for name in labels)
+        "| style | " + " | ".join(f"{walk_name(name)}: strength → style / content"
+                                  for name in labels)
         + " | chosen | chosen: style / content |",
         "|---|" + "---|" * len(labels) + "---|---:|",
     ]
     for row in rows:
         cells = ["; ".join(f"{k:g} → {s:.2f} / {c:.2f}" for k, s, c in row["walks"][label])
-                 for label in labels]
+                 or "–" for label in labels]
         choice = row["choice"]
         lines.append(f"| {row['slug']} | " + " | ".join(cells)
-                     + f" | {choice['candidate']} steps at {choice['strength']:g} | "
+                     + f" | {choice['candidate']} steps"
+                     + ("" if choice["blocks"] == "all" else f", {choice['blocks']} only")
+                     + f" at {choice['strength']:g} | "
                      f"{choice['style']:.2f} / {choice['content']:.2f} |")
+    lines.append("")
     for label in labels:
-        at_one = [row["walks"][label][0] for row in rows]
-        lines.append("")
-        lines.append(f"- {label} steps at strength 1: both targets met by "
+        at_one = [row["walks"][label][0] for row in rows if row["walks"][label]]
+        lines.append(f"- {walk_name(label)} at strength 1: both targets met by "
                      f"{sum(meets(s, c) for _, s, c in at_one)}/"
-                     f"{len(rows)} on these prompts")
+                     f"{len(at_one)} walked on these prompts")
     chosen = [row["choice"] for row in rows]
     lines.append(f"- chosen: both targets met by "
                  f"{sum(meets(c['style'], c['content']) for c in chosen)}"
@@ -191,11 +258,13 @@ def main() -> None:
     steps = BuildPlan().lora_steps
     tuning = {row["slug"]: {key: value for key, value in
                             (("steps", int(row["choice"]["candidate"])),
-                             ("strength", row["choice"]["strength"]))
-                            if value != {"steps": steps, "strength": 1.0}[key]}
+                             ("strength", row["choice"]["strength"]),
+                             ("blocks", row["choice"]["blocks"]))
+                            if value != {"steps": steps, "strength": 1.0, "blocks": "all"}[key]}
               for row in rows}
     lines += ["", f"Wall time {time.time() - started:.0f} s. As `BuildPlan.lora_tuning` "
-              f"(`LORA_TUNING`; {steps} steps and strength 1 where not named):", "",
+              f"(`LORA_TUNING`; {steps} steps, strength 1 and all blocks where not named):",
+              "",
               "```json", json.dumps({k: v for k, v in tuning.items() if v}, indent=1), "```"]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

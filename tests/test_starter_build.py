@@ -116,8 +116,10 @@ def test_loras_of_another_base_are_dropped_before_the_loras_stage(tmp_path, monk
     assert build.drop_stale_loras(tuned) == []
     assert build.drop_stale_loras(build.BuildPlan(lora_tuning={})) == [
         loras / "sepia.safetensors"]
-    assert tuned.lora_setting("sepia") == (1200, 0.85)
-    assert tuned.lora_setting("noir") == (tuned.lora_steps, 1.0)
+    assert tuned.lora_setting("sepia") == (1200, 0.85, "all")
+    assert tuned.lora_setting("noir") == (tuned.lora_steps, 1.0, "all")
+    decoder = build.BuildPlan(lora_tuning={"sepia": {"strength": 1.4, "blocks": "decoder"}})
+    assert decoder.lora_setting("sepia") == (decoder.lora_steps, 1.4, "decoder")
 
 
 def test_style_lora_trains_and_saves_in_each_layout(tiny_pipeline_dir, tmp_path):
@@ -334,3 +336,26 @@ def test_base_stage_tunes_style_words_once(tmp_path, monkeypatch):
     build._build_or_convert_base(plan)  # already tuned: kept
     assert calls == [2000]
     assert build._base_key()["style_word_steps"] == 2000
+
+
+def test_a_decoder_only_style_lora_keeps_only_the_up_blocks_in_each_layout(tiny_pipeline_dir,
+                                                                          tmp_path):
+    """BuildPlan.lora_tuning's `blocks`: a "decoder" file holds the up blocks' modules only,
+    with their deltas (times the strength) unchanged, and loads as any other file."""
+    from diffusers import StableDiffusionPipeline
+
+    from styles.starter.style_loras import with_blocks
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    modules = train_style_lora(pipe, "sepia", steps=2, batch=2, pool=4, rank=2)
+    table = load_base(tiny_pipeline_dir, device="cpu").table
+    up = {m.target: m for m in modules if m.path.startswith("up_blocks.")}
+    assert up and len(up) < len(modules)
+    assert with_blocks(modules, "all") == modules
+    for slug in ("sepia", "blueprint", sorted(STYLES)[3]):  # kohya, diffusers, sparse kohya
+        path = save_style_lora(modules, tmp_path, slug, 2, 2, strength=1.4, blocks="decoder")
+        lora = read_lora(path, ReadOptions(base_table=table))
+        assert set(lora.modules) == set(up), layout_of(slug)
+        for target, module in up.items():
+            assert torch.allclose(lora.modules[target].delta(), 1.4 * module.delta(),
+                                  atol=1e-2, rtol=1e-2)

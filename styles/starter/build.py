@@ -68,10 +68,11 @@ class BuildPlan:
     work: Path = Path(os.environ.get("LORATLAS_HOME", Path.home() / ".cache" / "loratlas")) \
         / "starter-build"
 
-    def lora_setting(self, slug: str) -> tuple[int, float]:
-        """(steps, strength) of one style's LoRA."""
+    def lora_setting(self, slug: str) -> tuple[int, float, str]:
+        """(steps, strength, blocks) of one style's LoRA (blocks: `BLOCK_PROFILES`)."""
         tuning = self.lora_tuning.get(slug, {})
-        return int(tuning.get("steps", self.lora_steps)), float(tuning.get("strength", 1.0))
+        return (int(tuning.get("steps", self.lora_steps)), float(tuning.get("strength", 1.0)),
+                str(tuning.get("blocks", "all")))
 
 
 def _bar(name: str):
@@ -105,12 +106,12 @@ def build_loras(plan: BuildPlan, slugs: list[str] | None = None) -> list[Path]:
     for slug in slugs or everything:
         path = LORA_DIR / file_name(slug)
         if not path.is_file():  # seeded by the style, so shards train what one run would
-            steps, strength = plan.lora_setting(slug)
+            steps, strength, blocks = plan.lora_setting(slug)
             modules = train_style_lora(pipe, slug, steps, plan.lora_batch,
                                        plan.lora_rank, lr=plan.lora_lr, pool=plan.lora_pool,
                                        seed=plan.seed + everything.index(slug),
                                        ema=plan.lora_ema, progress=_bar(f"lora {slug}"))
-            save_style_lora(modules, LORA_DIR, slug, steps, plan.lora_rank, strength)
+            save_style_lora(modules, LORA_DIR, slug, steps, plan.lora_rank, strength, blocks)
         written.append(path)
     if all((LORA_DIR / file_name(slug)).is_file() for slug in everything):
         write_manifest(plan)  # the pack is complete: only then is it the starter library

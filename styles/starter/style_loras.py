@@ -31,6 +31,16 @@ from styles.writers import save_diffusers, save_kohya
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
            "ff.net.2", "conv1", "conv2"]
 TEXT_KV = ["attn2.to_k", "attn2.to_v"]  # where the UNet reads the prompt's words
+# Which of its trained UNet blocks a style's file keeps (BuildPlan.lora_tuning "blocks"), by
+# top-level block: a factor per block, 1 where not named, 0 drops the block's modules.
+# "decoder" keeps only the up blocks, which render the image from the layout the down blocks
+# read; "half-encoder" halves the down blocks' change: benchmarks/lora_strength.py chooses per
+# style (results/lora_strength.md).
+BLOCK_PROFILES: dict[str, dict[str, float]] = {
+    "all": {},
+    "decoder": {"down_blocks": 0.0, "mid_block": 0.0},
+    "half-encoder": {"down_blocks": 0.5},
+}
 Progress = Callable[[int, int, float], None]
 
 
@@ -203,13 +213,27 @@ def style_metadata(slug: str, steps: int, rank: int, alpha: float | None = None)
     return metadata
 
 
+def with_blocks(modules: list[LoraModule], blocks: str = "all") -> list[LoraModule]:
+    """The modules a block profile (`BLOCK_PROFILES`) keeps, each scaled by its block's factor
+    (UNet modules only: a text-encoder module keeps its scale)."""
+    factors = BLOCK_PROFILES[blocks]
+    out = []
+    for module in modules:
+        factor = factors.get(module.path.split(".", 1)[0], 1.0) \
+            if module.component == "unet" else 1.0
+        if factor:
+            out.append(replace(module, scale=module.scale * factor) if factor != 1 else module)
+    return out
+
+
 def save_style_lora(modules: list[LoraModule], folder: Path, slug: str, steps: int,
-                    rank: int, strength: float = 1.0) -> Path:
+                    rank: int, strength: float = 1.0, blocks: str = "all") -> Path:
     """The style's file in its layout. `strength` is carried by the file, so that weight 1.0
     gives it (BuildPlan.lora_tuning): as the alpha in kohya's layout (alpha / rank scales the
     delta), folded into the up factors in diffusers' (whose adapter metadata then says scale
-    1, as diffusers writes it)."""
-    modules = [replace(module, scale=module.scale * strength) for module in modules]
+    1, as diffusers writes it). `blocks` names the UNet blocks it keeps (`BLOCK_PROFILES`)."""
+    modules = [replace(module, scale=module.scale * strength)
+               for module in with_blocks(modules, blocks)]
     path = folder / file_name(slug)
     if layout_of(slug) == "diffusers":
         metadata = style_metadata(slug, steps, rank)
