@@ -82,7 +82,8 @@ def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
     calibrate(retriever, nulls, positives)
     # view weights from every LoRA's words; indexed, as in the app, only where the encoder is
     # blind, and the threshold fitted on the indexes as served
-    retriever.indexes["words"].remove([s for s in loras if encoder.knows(loras[s])])
+    words = retriever.indexes["words"]  # a LoRA whose words stand out nowhere has none
+    words.remove([s for s in loras if s in words and encoder.knows(loras[s])])
     fit_threshold(retriever, nulls, positives).save(CALIBRATION_FILE)
     return retriever
 

@@ -34,7 +34,9 @@ from styles.lora import LoraFile
 CROSS_ATTENTION = ("attn2.to_k", "attn2.to_v")
 MIN_REFERENCE = 5
 PADDING_READ = 4  # padding positions encoded past the longest prompt (see `word_states`)
-STATES_METHOD = f"in-context-1-pad{PADDING_READ}"  # a saved view read another way is rebuilt
+# a saved view read another way (its words' states, or its reference statistics: "mean" of
+# modules' reactions since reactions are averaged, not summed) is rebuilt
+STATES_METHOD = f"in-context-1-pad{PADDING_READ}-mean"
 _WORD = re.compile(r"[a-z]{3,}")
 
 
@@ -129,9 +131,14 @@ class WordView:
 
     # -- per LoRA ----------------------------------------------------------------------------
     def reactions(self, lora: LoraFile) -> np.ndarray | None:
-        """(W,): Σ over the UNet's cross-attention key/value modules of ‖ΔW h‖² / ‖ΔW‖²_F;
-        None if the LoRA has none that read this base's text states."""
-        total, found = np.zeros(len(self.words)), False
+        """(W,): the mean over the UNet's cross-attention key/value modules of
+        ‖ΔW h‖² / ‖ΔW‖²_F; None if the LoRA has none that read this base's text states.
+
+        A mean, not a sum, so a LoRA on some blocks only (the decoder, as B-LoRA-style files
+        and some starter candidates are) reacts as strongly as one on every block: summed, its
+        reactions were about half the reference LoRAs' for every word, and then no word stood
+        out (a decoder-only stained-glass candidate got no words at all)."""
+        total, found = np.zeros(len(self.words)), 0
         for module in lora.modules.values():
             if module.component != "unet" or not module.path.endswith(CROSS_ATTENTION) or \
                     module.kind != "linear" or module.in_features != self.states.shape[1]:
@@ -142,8 +149,8 @@ class WordView:
             if energy <= 0:
                 continue
             total += (((self.states @ down.T) @ up.T) ** 2).sum(axis=1) / energy
-            found = True
-        return total if found else None
+            found += 1
+        return total / found if found else None
 
     def standardised(self, reactions: np.ndarray) -> np.ndarray:
         if self.mean is not None and self.std is not None:

@@ -210,3 +210,23 @@ def test_any_base_gets_a_words_view_built_once_into_the_shared_cache(tiny_pipeli
     again = open_library("one")
     assert again.retriever.vector("words", entry.id) is not None
     assert again.catalog.get(entry.id).extra["weight_words"] == entry.extra["weight_words"]
+
+
+@starter
+@pytest.mark.skipif(not starter_loras(), reason="starter LoRAs not built")
+def test_a_lora_on_the_decoder_only_reacts_as_strongly_as_one_on_every_block(view):
+    """Reactions are averaged over the modules, so a LoRA with only its up blocks (as B-LoRA-
+    style files, and the starter's block-profile candidates in lora_strength_blocks.md, are)
+    is read on the same scale as the others; summed, its reactions were about half theirs for
+    every word, and the decoder-only stained-glass candidate got no words at all."""
+    from styles.reader import read_lora
+
+    loras = {slug: read_lora(path) for slug, path in starter_loras().items()}
+    view.fit([view.reactions(lora) for lora in loras.values()])
+    assert all(view.embed(lora) is not None for lora in loras.values())
+    full = loras["neon-night"]  # on every block
+    assert any(m.path.startswith("down_blocks.") for m in full.modules.values())
+    decoder = _lora([m for m in full.modules.values() if m.path.startswith("up_blocks.")])
+    ratio = view.reactions(decoder).mean() / view.reactions(full).mean()
+    assert 0.7 < ratio < 1.4, ratio
+    assert view.embed(decoder) is not None
