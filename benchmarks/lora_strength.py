@@ -6,9 +6,10 @@ some undershoot (a concept LoRA draws its object in a third of images). For each
 each candidate file (LABEL=DIR: the files of one recipe, by the pack's file names), this walks
 the strength from 1.0 towards the target it misses (up when the style is short, down when the
 content is), 0.15-0.2 at a time, while the margin to both targets grows:
-`min(style / 0.80, content / 0.70)`. With `--blocks all,decoder` each candidate is also
-walked with only the UNet blocks a profile keeps (`BLOCK_PROFILES`: "decoder" = the up blocks,
-which render the image from the layout the down blocks read). The least change that meets both
+`min(style / 0.80, content / 0.70)`. With `--blocks all,decoder,half-encoder` each candidate
+is also walked with the UNet blocks a profile keeps (`BLOCK_PROFILES`: "decoder" = the up
+blocks only, which render the image from the layout the down blocks read; "half-encoder" = the
+down blocks' change halved). The least change that meets both
 targets is chosen (the earliest candidate, then the earliest profile, then the strength nearest
 1); where nothing does, the best margin. Walks after one that meets both targets are not
 run (they could not be chosen; "–" in the table). `--assemble DIR` writes each style's chosen file
@@ -25,7 +26,7 @@ file's bytes, the judges' and the base's weights.
     .venv/bin/python benchmarks/lora_strength.py \
         --candidate 400=.cache/pack-15770f0/styles/data/starter/loras \
         --candidate 1200=.cache/lora_recipe/ema0.99-steps1200-68efcf2d [--prompts 32] \
-        [--blocks all,decoder] [--assemble DIR]
+        [--blocks all,decoder,half-encoder] [--assemble DIR]
 
 The candidates as measured: the pack's 400-step files before they were tuned (`mkdir -p
 .cache/pack-15770f0 && git archive 15770f0 styles/data/starter/loras | tar -x -C
