@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 import numpy as np
 from common import RESULTS, ground_truth, machine_line
 
-from styles.atlas import AtlasConfig, AtlasLayout
+from styles.atlas import AtlasConfig, AtlasLayout, _silhouette
 
 RESULT = RESULTS / "atlas_clusters.md"
 SPACES = ("pca", "map")
@@ -60,12 +60,6 @@ def true_looks(slugs: list[str], scenes: int, embedder) -> np.ndarray:
         looks.append(vectors.mean(0))
     looks = np.array(looks)
     return looks / np.linalg.norm(looks, axis=1, keepdims=True)
-
-
-def silhouette(d: np.ndarray, labels: np.ndarray) -> float:
-    from styles.atlas import _silhouette
-
-    return _silhouette(d, labels)
 
 
 def nearest_agrees(d: np.ndarray, labels: np.ndarray) -> float:
@@ -105,7 +99,7 @@ def main() -> None:
         xy = np.array([[atlas.point(i).x, atlas.point(i).y] for i in ids])
         map_d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1))
         rng = np.random.default_rng(0)
-        sil = against_shuffles(silhouette, look_d, labels, args.shuffles, rng)
+        sil = against_shuffles(_silhouette, look_d, labels, args.shuffles, rng)
         near = against_shuffles(nearest_agrees, look_d, labels, args.shuffles, rng)
         rows.append((space, len(atlas.clusters), nearest_agrees(map_d, labels), sil, near))
         sizes[space] = [(c.label, sorted(c.members)) for c in atlas.clusters]

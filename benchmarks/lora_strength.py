@@ -111,12 +111,12 @@ def with_blocks_file(slug: str, label: str, folder: str, blocks: str,
     from styles.starter.style_loras import save_style_lora
 
     source = Path(folder) / file_name(slug)
-    if blocks == "all" and strength == 1.0 and out is None:
-        return source
-    out = out or WORK / "blocks" / f"{label}-{blocks}-{fingerprint(source, JUDGES_DIR)}"
-    path = out / file_name(slug)
-    if out.parent == WORK / "blocks" and path.is_file():
-        return path
+    if out is None:  # the walk's own copy, kept per candidate file and profile
+        if blocks == "all" and strength == 1.0:
+            return source
+        out = WORK / "blocks" / f"{label}-{blocks}-{fingerprint(source, JUDGES_DIR)}"
+        if (out / file_name(slug)).is_file():
+            return out / file_name(slug)
     lora = read_lora(source)
     return save_style_lora(list(lora.modules.values()), out, slug, int(label),
                            BuildPlan().lora_rank, strength, blocks)
