@@ -139,6 +139,16 @@ class WebApp:
         except gr.Error as exc:
             return None, f"Style suggestions unavailable: {exc.message}"
 
+    def settle_suggestions(self, prompt: str, styles: list | None, dismissed: list) -> list:
+        """The styles to generate with. Suggestions made for an earlier state of the prompt
+        (Generate pressed before the last ones arrived) are made again for this prompt first,
+        so the image has the styles the rows show; the user's own rows stay as they are."""
+        styles = list(styles or [])
+        if all(s.get("origin") != "auto" or s.get("prompt") == prompt for s in styles):
+            return styles
+        hits, _ = self.retrieve_as_you_type(prompt)
+        return self.merge_hits(hits, styles, dismissed)[0] if hits else styles
+
     @staticmethod
     def merge_hits(hits: dict | None, styles: list | None, dismissed: list) -> tuple[list, str]:
         """Suggested styles replace the previous suggestions; added ones and weights stay."""
@@ -154,7 +164,7 @@ class WebApp:
             weight = previous.get(hit["slug"], {}).get("weight", 1.0)
             kept.append({"slug": hit["slug"], "name": hit.get("name", hit["slug"]),
                          "weight": weight, "reasons": views.reasons_text(hit.get("reasons")),
-                         "origin": "auto"})
+                         "origin": "auto", "prompt": hits.get("prompt")})
             taken.add(hit["slug"])
         note = "" if hits.get("hits") else "No style in the library fits this prompt."
         return kept[:MAX_STYLES], note
@@ -391,9 +401,11 @@ class WebApp:
                   api_visibility="private")
 
         results = [gallery, recipe, download, gate_image, gate_json]
-        run.click(self.generate, inputs_kwargs={
-            "prompt": prompt, "styles": styles, "mode": mode, "steps": steps, "seed": seed,
-            "size": size, "count": count}, outputs=results, api_name="generate",
+        run.click(self.settle_suggestions, [prompt, styles, dismissed], styles,
+                  api_visibility="private", concurrency_id="light").then(
+            self.generate, inputs_kwargs={
+                "prompt": prompt, "styles": styles, "mode": mode, "steps": steps, "seed": seed,
+                "size": size, "count": count}, outputs=results, api_name="generate",
             concurrency_id="generate", concurrency_limit=1).then(
             show_gate_map, gate_json, gate_image, api_visibility="private", queue=False)
         form = [prompt, styles, mode, steps, seed, size, count]

@@ -260,8 +260,9 @@ def card_markdown(card: dict | None) -> str:
 def gate_array(gate_map: dict) -> tuple[np.ndarray, list[str], list[str]] | None:
     """(values layers × steps × LoRAs, layer names, LoRA names) from the service's gate map.
 
-    Accepted shapes: {"values": L×S×K, "layers", "loras", "sources"} (fusion's GateMap JSON), or
-    {lora: {layer: [per-step values]}}. Anything else returns None (shown as JSON)."""
+    Accepted shapes: {"values": L×S×K, "layers", "loras", "sources", "present"} (fusion's
+    GateMap JSON; NaN where "present" says the LoRA has no module), or {lora: {layer:
+    [per-step values]}}. Anything else returns None (shown as JSON)."""
     if not isinstance(gate_map, dict) or not gate_map:
         return None
     values = gate_map.get("values", gate_map.get("gates"))
@@ -269,6 +270,9 @@ def gate_array(gate_map: dict) -> tuple[np.ndarray, list[str], list[str]] | None
         array = np.asarray(values, dtype=float)
         if array.ndim != 3:
             return None
+        present = np.asarray(gate_map.get("present", []), dtype=bool)
+        if present.shape == (array.shape[0], array.shape[2]):
+            array = np.where(present[:, None, :], array, np.nan)
         layers = [str(x) for x in gate_map.get("layers", range(array.shape[0]))]
         loras = [str(x) for x in gate_map.get("loras", range(array.shape[2]))]
         sources = gate_map.get("sources") or []
@@ -289,10 +293,12 @@ def gate_array(gate_map: dict) -> tuple[np.ndarray, list[str], list[str]] | None
 BLOCK = re.compile(r"(text_encoder(?:_2)?|down_blocks\.\d+|mid_block|up_blocks\.\d+|"
                    r"conv_in|conv_out|time_embedding)")
 MAX_ROWS = 24
+ABSENT = (215, 215, 215)  # a gate-map cell of a LoRA with no module there
 
 
 def by_block(array: np.ndarray, layers: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Many layers → one row per network block (the mean of its layers' gates), in order."""
+    """Many layers → one row per network block (the mean gate of the block's layers a LoRA
+    has; NaN where it has none), in order."""
     if len(layers) <= MAX_ROWS:
         return array, layers
     groups: dict[str, list[int]] = {}
@@ -300,8 +306,12 @@ def by_block(array: np.ndarray, layers: list[str]) -> tuple[np.ndarray, list[str
         match = BLOCK.search(layer)
         groups.setdefault(match.group(1) if match else layer.split(".")[0], []).append(index)
     names = list(groups)
-    return np.stack([array[groups[n]].mean(axis=0) for n in names]), \
-        [f"{n} ({len(groups[n])})" for n in names]
+    rows = []
+    for name in names:
+        block = array[groups[name]]
+        count = (~np.isnan(block)).sum(axis=0)
+        rows.append(np.where(count > 0, np.nansum(block, axis=0) / np.maximum(count, 1), np.nan))
+    return np.stack(rows), [f"{n} ({len(groups[n])})" for n in names]
 
 
 def _ramp(values: np.ndarray) -> np.ndarray:
@@ -322,12 +332,13 @@ def gate_heatmap(gate_map: dict | None) -> Image.Image | None:
     array, layers, loras = parsed
     array, layers = by_block(array, layers)
     n_layers, n_steps, n_loras = array.shape
-    top = float(array.max()) if array.size and array.max() > 0 else 1.0
+    absent = np.isnan(array)
+    top = float(np.nanmax(array)) if (~absent).any() and np.nanmax(array) > 0 else 1.0
     cell_w = max(4, min(24, 320 // max(n_steps, 1)))
     cell_h = max(3, min(28, 360 // max(n_layers, 1)))
     label_w, title_h, pad = 170, 44, 16  # room at the top for the page's image label
     panel_w, panel_h = n_steps * cell_w, n_layers * cell_h
-    width = label_w + n_loras * (panel_w + pad)
+    width = max(label_w + n_loras * (panel_w + pad), 440)  # room for the legend
     height = title_h + panel_h + 42
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
@@ -338,10 +349,14 @@ def gate_heatmap(gate_map: dict | None) -> Image.Image | None:
             draw.text((2, title_h + row * cell_h), layer[-26:], fill="black", font=font)
     for k, name in enumerate(loras):
         x0 = label_w + k * (panel_w + pad)
-        colours = _ramp(array[:, :, k] / top)
+        colours = _ramp(np.nan_to_num(array[:, :, k]) / top)
+        colours[absent[:, :, k]] = ABSENT
         panel = Image.fromarray(colours, "RGB").resize((panel_w, panel_h), Image.NEAREST)
         canvas.paste(panel, (x0, title_h))
         draw.text((x0, title_h - 18), name[:max(8, panel_w // 7)], fill="black", font=font)
         draw.text((x0, title_h + panel_h + 4), f"steps 1-{n_steps}", fill="black", font=font)
-    draw.text((2, height - 16), f"gate 0 (dark) to {top:.2f} (yellow)", fill="black", font=font)
+    legend = f"gate 0 (dark) to {top:.2f} (yellow)"
+    if absent.any():
+        legend += "; gray: the LoRA has no layers there"
+    draw.text((2, height - 16), legend, fill="black", font=font)
     return canvas

@@ -294,7 +294,7 @@ class GenerationEngine:
         values = weight_fn.tabulate(names, targets).transpose(1, 0, 2)
         values = values * present.reshape(len(targets), 1, len(names))  # 0: no module there
         return GateMap(targets, [u.ref for u in uses], recipe.steps, values,
-                       sources or ["user"] * len(uses))
+                       sources or ["user"] * len(uses), present=present)
 
     def _one_image(self, recipe: Recipe, index: int, applied: list, on_step,
                    output_type: str, high: int, counter: dict) -> Image.Image:

@@ -232,11 +232,17 @@ class GateMap:
     values: np.ndarray  # (layers, steps, loras)
     sources: list[str]
     rewrites: int | None = None  # fused layer rewrites, when gates were applied fused
+    # (layers, loras): False where the LoRA has no module (its values are 0 there), so a map
+    # can tell "gated off" from "not in this file" (a decoder-only LoRA has no down blocks)
+    present: np.ndarray | None = None
 
     def to_json(self) -> dict:
-        return {"layers": self.layers, "loras": self.loras, "steps": self.steps,
-                "sources": self.sources, "rewrites": self.rewrites,
-                "values": np.round(self.values, 4).tolist()}
+        out = {"layers": self.layers, "loras": self.loras, "steps": self.steps,
+               "sources": self.sources, "rewrites": self.rewrites,
+               "values": np.round(self.values, 4).tolist()}
+        if self.present is not None:
+            out["present"] = self.present.astype(bool).tolist()
+        return out
 
 
 class GateTable:

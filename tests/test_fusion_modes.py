@@ -210,6 +210,9 @@ def test_gated_without_a_network_uses_the_frequency_prior(engine, loras):
     assert not np.allclose(gates.values[..., 0], 0.8)  # the prior moves the gates over steps
     json_map = gates.to_json()
     assert json_map["loras"] == ["a", "b"] and len(json_map["values"][0]) == 3
+    present = np.array(json_map["present"])  # which LoRA has a module in which layer
+    assert present.shape == (len(gates.layers), 2) and present.any(axis=1).all()
+    assert np.all(np.array(json_map["values"]).transpose(0, 2, 1)[~present] == 0)
 
 
 def test_gated_user_schedule_wins_and_fused_matches_adapters(engine, loras):

@@ -110,6 +110,19 @@ def test_replay_reloads_a_recipe_png_and_fills_the_form(app, fake):
         app.replay(str(bad))
 
 
+def test_generate_pressed_before_the_last_suggestions_uses_the_whole_prompts(app, fake):
+    """Typed quickly, then Generate: the rows still hold what an earlier prefix suggested;
+    they are suggested again for the whole prompt before the image is made."""
+    early, _ = WebApp.merge_hits(app.retrieve("neon"), [], [])
+    assert [s["slug"] for s in early] == ["neon-night"] and early[0]["prompt"] == "neon"
+    early, dismissed = WebApp.add_style("old-photo", early, [], "Old Photo")
+    settled = app.settle_suggestions("neon pixel", early, dismissed)
+    assert [s["slug"] for s in settled] == ["old-photo", "neon-night", "pixel-art"]
+    calls = len(fake.calls)
+    assert app.settle_suggestions("neon pixel", settled, dismissed) == settled
+    assert len(fake.calls) == calls  # up to date: no second search
+
+
 def test_suggestions_replace_suggestions_and_keep_what_the_user_chose(app):
     hits = app.retrieve("neon pixel")
     styles, _ = WebApp.merge_hits(hits, [], [])
@@ -182,6 +195,30 @@ def test_gate_heatmap_accepts_both_layouts():
         image = views.gate_heatmap(gate_map)
         assert image.width > 150 and image.height > 20
     assert views.gate_heatmap({"values": [1, 2]}) is None and views.gate_heatmap(None) is None
+
+
+def test_gate_heatmap_greys_the_blocks_a_lora_has_no_layers_in():
+    """A decoder-only LoRA (as some starter files are) has no down blocks: its map shows them
+    gray, not "gate 0", and the block rows average only the layers each LoRA has."""
+    layers = [f"unet.down_blocks.0.attn{i}" for i in range(13)] + \
+        [f"unet.up_blocks.0.attn{i}" for i in range(13)]  # over MAX_ROWS: rows per block
+    values = np.full((26, 4, 2), 0.5)
+    values[:13, :, 1] = 0.0  # as the engine writes a LoRA's missing modules
+    values[13, :, 0] = 0.0  # one up-block layer the first LoRA lacks
+    present = np.ones((26, 2), dtype=bool)
+    present[:13, 1] = present[13, 0] = False
+    gate_map = {"layers": layers, "loras": ["full", "decoder"], "values": values.tolist(),
+                "present": present.tolist()}
+    array, names, _ = views.gate_array(gate_map)
+    rows, names = views.by_block(array, names)
+    assert names == ["down_blocks.0 (13)", "up_blocks.0 (13)"]
+    assert np.isnan(rows[0, :, 1]).all() and np.allclose(rows[1, :, 1], 0.5)
+    assert np.allclose(rows[1, :, 0], 0.5)  # its missing layer is not counted as a 0
+    image = np.asarray(views.gate_heatmap(gate_map))
+    without = np.asarray(views.gate_heatmap({k: v for k, v in gate_map.items()
+                                             if k != "present"}))
+    gray = [np.all(im == views.ABSENT, axis=-1).sum() for im in (image, without)]
+    assert gray[0] > gray[1] + 1000, gray  # the decoder LoRA's down-block row (text aside)
 
 
 # -- the same handlers through the real service on the tiny random pipeline -----------------
