@@ -9,12 +9,18 @@ content is), 0.15-0.2 at a time, while the margin to both targets grows:
 `min(style / 0.80, content / 0.70)`. With `--blocks all,decoder,half-encoder` each candidate
 is also walked with the UNet blocks a profile keeps (`BLOCK_PROFILES`: "decoder" = the up
 blocks only, which render the image from the layout the down blocks read; "half-encoder" = the
-down blocks' change halved). The least change that meets both
+down blocks' change halved). A profile's file is walked only if it keeps its style's words:
+the words view (`retrieval/word_view.py`, how the app reads a LoRA's weights when nothing else
+names it) must place the style at least as high among all styles as the candidate's
+all-blocks file does (`OwnWords`; a decoder-only stained-glass lost "glass" and "stained",
+which its down blocks held, and fell from first to last). The least change that meets both
 targets is chosen (the earliest candidate, then the earliest profile, then the strength nearest
-1); where nothing does, the best margin. Walks after one that meets both targets are not
-run (they could not be chosen; "–" in the table). `--assemble DIR` writes each style's chosen file
-(its candidate's modules, the profile's blocks, the strength as the file carries it) to DIR,
-as `loratlas starter build` would train it with the printed `BuildPlan.lora_tuning`.
+1); where nothing does, the best margin among the all-blocks walks (a profile is a change to
+the file's structure, made only where it buys both targets). Walks after one that meets both
+targets are not run (they could not be chosen; "–" in the table). `--assemble DIR` writes
+each style's chosen file (its candidate's modules, the profile's blocks, the strength as the
+file carries it) to DIR, as `loratlas starter build` would train it with the printed
+`BuildPlan.lora_tuning`.
 
 Judged as starter_quality.py judges (the starter judges; guidance 2, 20 DPM-Solver steps) but
 on validation prompts and seeds (60_000 + ...), disjoint from starter_quality's held-out ones
@@ -99,7 +105,43 @@ class Judge:
         return figures
 
 
+class OwnWords:
+    """Where the words view puts a file's own style among all 28: the rank (1 = first) of the
+    style's training-side descriptions (`style_texts`) by their mean cosine to the file's
+    words-view vector, the file standardised against the other styles' files of `reference`
+    (a candidate folder, so the check does not move with the pack being tuned). The starter
+    pack's fitted word vocabulary is used as the app ships it."""
+
+    def __init__(self, service, reference: str):
+        from app.service import renders_key
+        from app.starter_retrieval import starter_word_view_file, style_texts
+        from retrieval.embedders import starter_embedder
+        from retrieval.word_view import WordView
+        from styles.reader import read_lora
+
+        embedder = starter_embedder()
+        words_file = starter_word_view_file(embedder, renders_key(service.engine))
+        self.view = WordView.load(words_file, embedder.version)
+        if self.view is None:
+            raise SystemExit(f"{words_file}: no words view for this base and embedder; "
+                             "rebuild the starter retrieval (benchmarks/retrieval_quality.py)")
+        self.reference = {s: self.view.reactions(read_lora(Path(reference) / file_name(s)))
+                          for s in sorted(STYLES)}
+        self.texts = {s: embedder.encode_texts(style_texts(s)) for s in sorted(STYLES)}
+
+    def rank(self, slug: str, path: Path) -> int:
+        from styles.reader import read_lora
+
+        self.view.fit([r for s, r in self.reference.items() if s != slug])
+        found = self.view.embed(read_lora(path))
+        if found is None:  # no word stands out: the style is found by none
+            return len(STYLES)
+        similarity = {s: float((texts @ found[0]).mean()) for s, texts in self.texts.items()}
+        return sorted(similarity, key=similarity.__getitem__, reverse=True).index(slug) + 1
+
+
 _judge: Judge | None = None
+_words: OwnWords | None = None
 
 
 def with_blocks_file(slug: str, label: str, folder: str, blocks: str,
@@ -126,13 +168,20 @@ def walk(slug: str, candidates: list[tuple[str, str]], prompts: int,
          profiles: tuple[str, ...] = ("all",)) -> dict:
     """Every candidate's and block profile's walk from strength 1.0 for one style (in a worker
     process); walks are keyed "LABEL" for all blocks, "LABEL/PROFILE" otherwise."""
-    global _judge
+    global _judge, _words
     _judge = _judge or Judge(prompts)
-    walks = {}
+    walks, refused = {}, {}
     for (label, folder), blocks in [(c, b) for c in candidates for b in profiles]:
         if any(meets(s, c) for points in walks.values() for _, s, c in points):
             break  # an earlier walk meets both targets: a later one cannot be chosen
         path = with_blocks_file(slug, label, folder, blocks)
+        if blocks != "all":
+            _words = _words or OwnWords(_judge.service, candidates[0][1])
+            ranks = (_words.rank(slug, with_blocks_file(slug, label, folder, "all")),
+                     _words.rank(slug, path))
+            if ranks[1] > ranks[0]:
+                refused[f"{label}/{blocks}"] = ranks
+                continue
         points = [(1.0, *_judge(slug, path, 1.0))]
         style, content = points[0][1:]
         if not meets(style, content):
@@ -146,7 +195,7 @@ def walk(slug: str, candidates: list[tuple[str, str]], prompts: int,
     key, strength, style, content = choose(walks)
     print(slug, key, strength, style, content, flush=True)
     label, _, blocks = key.partition("/")
-    return {"slug": slug, "walks": walks, "choice": {
+    return {"slug": slug, "walks": walks, "refused": refused, "choice": {
         "candidate": label, "blocks": blocks or "all", "strength": strength, "style": style,
         "content": content}}
 
@@ -160,13 +209,14 @@ def walk_name(key: str) -> str:
 def choose(walks: dict[str, list[tuple[float, float, float]]]) -> tuple[str, float, float, float]:
     """The least change that meets both targets: the earliest walk (candidate, then block
     profile), then the strength nearest 1, among the points that do; where none does, the
-    best margin."""
+    best margin among the all-blocks walks (among all, if none was walked)."""
     points = [(i, label, k, s, c) for i, (label, walk) in enumerate(walks.items())
               for k, s, c in walk]
     meeting = [p for p in points if meets(p[3], p[4])]
     if meeting:
         best = min(meeting, key=lambda p: (p[0], abs(p[2] - 1.0), -margin(p[3], p[4])))
     else:
+        points = [p for p in points if "/" not in p[1]] or points
         best = max(points, key=lambda p: (margin(p[3], p[4]), -p[0], -abs(p[2] - 1.0)))
     return best[1:]
 
@@ -228,8 +278,11 @@ def main() -> None:
         "from starter_quality's held-out ones); style detected / content right by the starter "
         "judges, guidance 2, 20 DPM-Solver steps. Each candidate's strength walked from 1.0 "
         "towards the target it misses while the margin min(style / 0.80, content / 0.70) grew; "
-        "chosen: the least change meeting both targets (the earliest candidate, then the "
-        "strength nearest 1), else the best margin. These figures chose: they are "
+        "A block profile's file is walked only if the words view ranks its style no lower "
+        "than the all-blocks file does (\"words lost: style ranked all → profile\" where "
+        "not). Chosen: the least change meeting both targets (the earliest candidate, then "
+        "profile, then the strength nearest 1), else the best margin among the all-blocks "
+        "walks. These figures chose: they are "
         "optimistic; starter_quality.md measures the chosen pack on other prompts. "
         "How to get the candidate folders: the module's docstring.", "",
         "| style | " + " | ".join(f"{walk_name(name)}: strength → style / content"
@@ -239,7 +292,8 @@ def main() -> None:
     ]
     for row in rows:
         cells = ["; ".join(f"{k:g} → {s:.2f} / {c:.2f}" for k, s, c in row["walks"][label])
-                 or "–" for label in labels]
+                 or ("words lost: style ranked {} → {}".format(*row["refused"][label])
+                     if label in row["refused"] else "–") for label in labels]
         choice = row["choice"]
         lines.append(f"| {row['slug']} | " + " | ".join(cells)
                      + f" | {choice['candidate']} steps"

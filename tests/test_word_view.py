@@ -230,3 +230,26 @@ def test_a_lora_on_the_decoder_only_reacts_as_strongly_as_one_on_every_block(vie
     ratio = view.reactions(decoder).mean() / view.reactions(full).mean()
     assert 0.7 < ratio < 1.4, ratio
     assert view.embed(decoder) is not None
+
+
+@starter
+@pytest.mark.skipif(not starter_loras(), reason="starter LoRAs not built")
+def test_the_shipped_decoder_only_files_keep_their_words_where_stained_glass_would_not(view):
+    """Why `benchmarks/lora_strength.py` walks a block profile only if the words view ranks the
+    style no lower than the all-blocks file: glitch's and halftone's up blocks hold their style
+    words, so they ship decoder-only; stained-glass's down blocks hold "glass" and "stained",
+    and its decoder-only file (which met both image targets on the validation prompts) would
+    be read as another style."""
+    from styles.reader import read_lora
+    from styles.starter.style_loras import with_blocks
+
+    loras = {slug: read_lora(path) for slug, path in starter_loras().items()}
+    view.fit([view.reactions(lora) for lora in loras.values()])
+    for slug, word in (("glitch", "glitch"), ("halftone", "newspaper")):
+        assert not any(m.path.startswith(("down_blocks.", "mid_block."))
+                       for m in loras[slug].modules.values())
+        assert word in view.embed(loras[slug])[1], (slug, view.embed(loras[slug])[1])
+    stained = list(loras["stained-glass"].modules.values())
+    own = {"glass", "stained"}
+    assert own & set(view.embed(_lora(stained))[1])
+    assert not own & set(view.embed(_lora(with_blocks(stained, "decoder")))[1])

@@ -30,17 +30,19 @@ from styles.starter.paths import (
 MANIFEST = STARTER_DIR / "manifest.json"
 
 
-LORA_TUNING: dict[str, dict] = {  # chosen in benchmarks/results/lora_strength.md
+LORA_TUNING: dict[str, dict] = {  # chosen in benchmarks/results/lora_strength_blocks.md
     "arrow": {"strength": 1.4},
     "crescent-moon": {"steps": 1200, "strength": 1.2},
     "crosshatch": {"strength": 1.2},
-    "halftone": {"steps": 1200, "strength": 1.4},
+    "glitch": {"strength": 1.2, "blocks": "decoder"},
+    "halftone": {"steps": 1200, "strength": 1.4, "blocks": "decoder"},
     "lightning-bolt": {"strength": 1.4},
     "line-art": {"strength": 0.85},
     "negative": {"strength": 1.6},
+    "noir": {"steps": 1200, "blocks": "half-encoder"},
     "pastel": {"strength": 1.2},
     "pencil-sketch": {"steps": 1200},
-    "pop-art": {"strength": 0.7},
+    "pop-art": {"blocks": "decoder"},
     "smiley-face": {"steps": 1200, "strength": 1.2},
     "stained-glass": {"strength": 0.85},
     "watercolor": {"strength": 1.2},

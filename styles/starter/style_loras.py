@@ -35,7 +35,7 @@ TEXT_KV = ["attn2.to_k", "attn2.to_v"]  # where the UNet reads the prompt's word
 # top-level block: a factor per block, 1 where not named, 0 drops the block's modules.
 # "decoder" keeps only the up blocks, which render the image from the layout the down blocks
 # read; "half-encoder" halves the down blocks' change: benchmarks/lora_strength.py chooses per
-# style (results/lora_strength_blocks.md; not shipped yet: README).
+# style (results/lora_strength_blocks.md: glitch, halftone, pop-art and noir use one).
 BLOCK_PROFILES: dict[str, dict[str, float]] = {
     "all": {},
     "decoder": {"down_blocks": 0.0, "mid_block": 0.0},
