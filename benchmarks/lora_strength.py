@@ -277,7 +277,7 @@ def main() -> None:
         f"{args.prompts} validation prompts per style (seeds from {VALIDATION_SEED}, disjoint "
         "from starter_quality's held-out ones); style detected / content right by the starter "
         "judges, guidance 2, 20 DPM-Solver steps. Each candidate's strength walked from 1.0 "
-        "towards the target it misses while the margin min(style / 0.80, content / 0.70) grew; "
+        "towards the target it misses while the margin min(style / 0.80, content / 0.70) grew. "
         "A block profile's file is walked only if the words view ranks its style no lower "
         "than the all-blocks file does (\"words lost: style ranked all → profile\" where "
         "not). Chosen: the least change meeting both targets (the earliest candidate, then "

@@ -110,7 +110,7 @@ def test_replay_reloads_a_recipe_png_and_fills_the_form(app, fake):
         app.replay(str(bad))
 
 
-def test_generate_pressed_before_the_last_suggestions_uses_the_whole_prompts(app, fake):
+def test_generate_pressed_early_suggests_again_for_the_whole_prompt(app, fake):
     """Typed quickly, then Generate: the rows still hold what an earlier prefix suggested;
     they are suggested again for the whole prompt before the image is made."""
     early, _ = WebApp.merge_hits(app.retrieve("neon"), [], [])
