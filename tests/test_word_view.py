@@ -212,17 +212,24 @@ def test_any_base_gets_a_words_view_built_once_into_the_shared_cache(tiny_pipeli
     assert again.catalog.get(entry.id).extra["weight_words"] == entry.extra["weight_words"]
 
 
+@pytest.fixture(scope="module")
+def shipped(view) -> tuple[dict[str, LoraFile], list[np.ndarray]]:
+    """The shipped starter LoRAs, read once, and their reactions (to fit `view` on)."""
+    from styles.reader import read_lora
+
+    loras = {slug: read_lora(path) for slug, path in starter_loras().items()}
+    return loras, [view.reactions(lora) for lora in loras.values()]
+
+
 @starter
 @pytest.mark.skipif(not starter_loras(), reason="starter LoRAs not built")
-def test_a_lora_on_the_decoder_only_reacts_as_strongly_as_one_on_every_block(view):
+def test_a_lora_on_the_decoder_only_reacts_as_strongly_as_one_on_every_block(view, shipped):
     """Reactions are averaged over the modules, so a LoRA with only its up blocks (as B-LoRA-
     style files, and the starter's block-profile candidates in lora_strength_blocks.md, are)
     is read on the same scale as the others; summed, its reactions were about half theirs for
     every word, and the decoder-only stained-glass candidate got no words at all."""
-    from styles.reader import read_lora
-
-    loras = {slug: read_lora(path) for slug, path in starter_loras().items()}
-    view.fit([view.reactions(lora) for lora in loras.values()])
+    loras, reactions = shipped
+    view.fit(reactions)
     assert all(view.embed(lora) is not None for lora in loras.values())
     full = loras["neon-night"]  # on every block
     assert any(m.path.startswith("down_blocks.") for m in full.modules.values())
@@ -234,17 +241,17 @@ def test_a_lora_on_the_decoder_only_reacts_as_strongly_as_one_on_every_block(vie
 
 @starter
 @pytest.mark.skipif(not starter_loras(), reason="starter LoRAs not built")
-def test_the_shipped_decoder_only_files_keep_their_words_where_stained_glass_would_not(view):
+def test_the_shipped_decoder_only_files_keep_their_words_where_stained_glass_would_not(view,
+                                                                                       shipped):
     """Why `benchmarks/lora_strength.py` walks a block profile only if the words view ranks the
     style no lower than the all-blocks file: glitch's and halftone's up blocks hold their style
     words, so they ship decoder-only; stained-glass's down blocks hold "glass" and "stained",
     and its decoder-only file (which met both image targets on the validation prompts) would
     be read as another style."""
-    from styles.reader import read_lora
     from styles.starter.style_loras import with_blocks
 
-    loras = {slug: read_lora(path) for slug, path in starter_loras().items()}
-    view.fit([view.reactions(lora) for lora in loras.values()])
+    loras, reactions = shipped
+    view.fit(reactions)
     for slug, word in (("glitch", "glitch"), ("halftone", "newspaper")):
         assert not any(m.path.startswith(("down_blocks.", "mid_block."))
                        for m in loras[slug].modules.values())
