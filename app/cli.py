@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmlora-cache", choices=["residual", "none"], default="residual",
                    help="cmlora: reuse each LoRA's cached residual (residual) or run every "
                    "LoRA at every step (none)")
+    p.add_argument("--content-guidance", type=float, default=0.0, metavar="SCALE",
+                   help="add the base model's own guidance (LoRAs bypassed) over the first "
+                   "steps, so a LoRA cannot make the model ignore the prompt's content; one "
+                   "more UNet pass on those steps (0: off; see README)")
+    p.add_argument("--content-guidance-steps", type=float, default=0.4, metavar="SHARE",
+                   help="the share of the steps, from the first, that content guidance runs on")
     p.add_argument("--gate-tolerance", type=float, default=0.05,
                    help="gated with --apply fused: rewrite a layer when a gate moves more")
     p.add_argument("--auto", type=int, nargs="?", const=3, default=0, metavar="K",
@@ -193,7 +199,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 guidance_scale=args.guidance, negative_prompt=args.negative, apply=args.apply,
                 mode=args.mode, switch_period=args.switch_period,
                 cmlora_cache=args.cmlora_cache, gate_tolerance=args.gate_tolerance,
-                auto=args.auto), args.out)
+                content_guidance=args.content_guidance,
+                content_guidance_steps=args.content_guidance_steps, auto=args.auto), args.out)
         if args.gates_out:
             if result.gates is None:
                 raise ServiceError("no gate map: the request used no LoRA")

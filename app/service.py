@@ -91,6 +91,8 @@ class GenerateRequest:
     switch_period: int = 5
     cmlora_cache: str = "residual"
     gate_tolerance: float = 0.05
+    content_guidance: float = 0.0  # the base model's own guidance added early (0: off)
+    content_guidance_steps: float = 0.4  # the share of the steps it runs on (the first ones)
     auto: int = 0  # add this many styles retrieved for the prompt (0: only `loras`)
 
 
@@ -328,7 +330,9 @@ class LoratlasService:
                 height=request.height, guidance_scale=request.guidance_scale,
                 negative_prompt=request.negative_prompt, apply=request.apply, mode=request.mode,
                 switch_period=request.switch_period, cmlora_cache=request.cmlora_cache,
-                gate_tolerance=request.gate_tolerance)
+                gate_tolerance=request.gate_tolerance,
+                content_guidance=request.content_guidance,
+                content_guidance_steps=request.content_guidance_steps)
         except ValueError as exc:
             raise ServiceError(str(exc)) from exc
 

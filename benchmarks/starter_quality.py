@@ -58,12 +58,12 @@ def prompts(n: int, seed: int, background: bool = True) -> list[tuple[str, dict]
 
 def generate(service: LoratlasService, cases: list[str], seeds: list[int], loras=(),
              steps: int = 20, guidance: float | None = None, chunk: int = 16,
-             weight: float = 1.0) -> list:
+             weight: float = 1.0, **settings) -> list:
     """One image per prompt and seed through the service, `chunk` prompts denoised together
     (`generate_many`: each image is the one a single request gives); every LoRA (a slug or
-    a file) at `weight`."""
+    a file) at `weight`; `settings`: other GenerateRequest fields."""
     requests = [GenerateRequest(prompt=prompt, seed=seed, steps=steps, guidance_scale=guidance,
-                                loras=[LoraRequest(ref, weight) for ref in loras])
+                                loras=[LoraRequest(ref, weight) for ref in loras], **settings)
                 for prompt, seed in zip(cases, seeds, strict=True)]
     return [image for i in range(0, len(requests), chunk)
             for image in service.generate_many(requests[i:i + chunk])]

@@ -9,7 +9,8 @@ original tensors afterwards (exactly, not by subtraction).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +137,18 @@ class LayerScales:
         for layer, name, target in self.entries:
             layer.scaling[name] = self.weight_fn(name, target, step)
 
+    @contextmanager
+    def bypassed(self) -> Iterator[None]:
+        """The base model alone for the duration (every adapter layer of the request off)."""
+        on = [layer for layer, present in self.layers if present]
+        for layer in on:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in on:
+                layer.enable_adapters(True)
+
     def release(self) -> None:
         for layer, _ in self.layers:
             layer.enable_adapters(False)
@@ -153,7 +166,25 @@ class FusedWeights:
             base.weight.data = (original.float() + delta).to(original.dtype)
             self.saved.append((base, original))
 
+    def bypassed(self):
+        """The base model alone for the duration (the original tensors swapped back in)."""
+        return original_weights(self.saved)
+
     def release(self) -> None:
         for base, original in self.saved:
             base.weight.data = original
         self.saved.clear()
+
+
+@contextmanager
+def original_weights(saved: list[tuple[torch.nn.Module, torch.Tensor]]) -> Iterator[None]:
+    """Swap each (layer, original tensor) back in for the duration, then the fused tensors
+    again: pointer swaps, nothing recomputed."""
+    fused = [base.weight.data for base, _ in saved]
+    for base, original in saved:
+        base.weight.data = original
+    try:
+        yield
+    finally:
+        for (base, _), tensor in zip(saved, fused, strict=True):
+            base.weight.data = tensor

@@ -25,6 +25,7 @@ from fusion.adapters import ActiveLora, AdapterSet, FusedWeights, LayerScales
 from fusion.base import BaseModel
 from fusion.cmlora import cmlora_image, order_by_frequency
 from fusion.composite import composite_image
+from fusion.content_guidance import ContentGuidance, content_steps
 from fusion.frequency import frequency_profile, high_frequency_score
 from fusion.gates import (
     FusedGates,
@@ -326,11 +327,17 @@ class GenerationEngine:
             scales.activate()
         if scales:
             scales.apply(0)
+        guard = ContentGuidance(
+            self.base.pipe.unet, applied, recipe.content_guidance, recipe.guidance_scale,
+            content_steps(recipe.steps, recipe.content_guidance_steps)) \
+            if recipe.content_guidance and applied else None
 
         def step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
             # 6. weights for the next step
             if scales and step + 1 < recipe.steps:
                 scales.apply(step + 1)
+            if guard:
+                guard.step = step + 1
             if progress:
                 progress(step + 1)
             return callback_kwargs
@@ -338,12 +345,17 @@ class GenerationEngine:
         # 7. the diffusers pipeline's own denoising loop; one generator per image, so each
         #    image starts from the noise it would have alone
         prompts = [p for p, _ in batch]
-        result = self.base.pipe(
-            prompt=prompts, negative_prompt=[recipe.negative_prompt] * len(batch)
-            if recipe.negative_prompt else None,
-            num_inference_steps=recipe.steps, guidance_scale=recipe.guidance_scale,
-            width=recipe.width, height=recipe.height,
-            generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
-            callback_on_step_end=step_end, output_type=output_type,
-        )
+        try:
+            result = self.base.pipe(
+                prompt=prompts, negative_prompt=[recipe.negative_prompt] * len(batch)
+                if recipe.negative_prompt else None,
+                num_inference_steps=recipe.steps, guidance_scale=recipe.guidance_scale,
+                width=recipe.width, height=recipe.height,
+                generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in batch],
+                callback_on_step_end=step_end, output_type=output_type,
+            )
+        finally:
+            if guard:
+                guard.release()
+                counter["unet_passes"] += guard.passes
         return list(result.images)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusion.adapters import original_weights
 from fusion.frequency import high_frequency_score
 
 # -- layers --------------------------------------------------------------------------------
@@ -360,6 +361,10 @@ class FusedGates:
             layer["base"].weight.data = merged.reshape(original.shape).to(original.dtype)
             self.written[i] = gates[i]
             self.rewrites += 1
+
+    def bypassed(self):
+        """The base model alone for the duration (the original tensors swapped back in)."""
+        return original_weights([(layer["base"], layer["original"]) for layer in self.layers])
 
     def release(self) -> None:
         for layer in self.layers:

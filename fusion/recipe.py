@@ -47,6 +47,10 @@ class Recipe:
     cmlora_cache: str = "residual"  # CMLoRA: "residual" (cached per-LoRA residuals) | "none"
     gate_tolerance: float = 0.05  # gated + fused: rewrite a layer when a gate moves more
     gate_network: str = ""  # gated: id of the learned gate network used ("" = none)
+    # the base model's own guidance (LoRAs bypassed) added over the first share of the steps
+    # (fusion/content_guidance.py); 0: off
+    content_guidance: float = 0.0
+    content_guidance_steps: float = 0.4
     loras: list[RecipeLora] = field(default_factory=list)
     version: int = RECIPE_VERSION
 
@@ -68,6 +72,16 @@ class Recipe:
             raise ValueError(f"cmlora_cache '{self.cmlora_cache}' must be 'residual' or 'none'")
         if not 0 <= self.gate_tolerance < 1:
             raise ValueError("gate_tolerance must be in [0, 1)")
+        if not 0 <= self.content_guidance <= 30:
+            raise ValueError("content_guidance must be from 0 (off) to 30")
+        if not 0 < self.content_guidance_steps <= 1:
+            raise ValueError("content_guidance_steps is a share of the steps: in (0, 1]")
+        if self.content_guidance and self.mode in ("composite", "cmlora"):
+            raise ValueError(f"content_guidance works with merge, switch and gated, not with "
+                             f"{self.mode} (its own denoising loop)")
+        if self.content_guidance and self.guidance_scale <= 1:
+            raise ValueError("content_guidance adds to classifier-free guidance: set "
+                             "guidance_scale above 1")
         self.loras = [lora if isinstance(lora, RecipeLora) else RecipeLora(**lora)
                       for lora in self.loras]
 

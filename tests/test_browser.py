@@ -79,9 +79,15 @@ def test_type_a_prompt_and_generate(page):
     found = page.locator(".style-row").or_(page.locator("#style-status", has_text="No style"))
     playwright.expect(found.first).to_be_visible()
     page.get_by_label("Steps").first.fill("12")
+    keep = page.locator("#content-guidance input[type=number]")
+    keep.fill("1")
+    keep.press("Enter")
     page.click("#generate")
     page.wait_for_selector("#gallery img")
     page.wait_for_function("document.querySelector('#gallery img').naturalWidth > 0")
+    page.get_by_text("Recipe", exact=True).first.click()  # the recipe records the slider
+    playwright.expect(page.locator(".cm-content").first).to_contain_text(
+        '"content_guidance": 1')
     shot(page, "create_generated")
 
 

@@ -94,12 +94,14 @@ def test_a_missing_service_action_is_a_clear_page_error(app, fake):
 
 def test_replay_reloads_a_recipe_png_and_fills_the_form(app, fake):
     gallery, *_ = app.generate("a green star", [{"slug": "pixel-art", "weight": 0.5}], "merge",
-                               3, 9, "native", 1, progress=no_progress)
+                               3, 9, "native", 1, 1.5, progress=no_progress)
+    assert fake.calls[-1][1].content_guidance == 1.5
     png = gallery[0][0]
     out = app.replay(png)
     assert fake.calls[-1][0] == "replay"
     prompt, styles, mode, steps, seed = out[5:10]
     assert (prompt, mode, steps, seed) == ("a green star", "merge", 3, 9)
+    assert out[-2] == 1.5  # content guidance, as the recipe recorded it
     assert out[-1] == "a green star"  # the page's own prompt: suggestions leave it alone
     assert app.retrieve_as_you_type(prompt, set_by_page=out[-1]) == (None, "")
     assert app.retrieve_as_you_type(prompt + ", neon", set_by_page=out[-1])[0] is not None
