@@ -75,13 +75,15 @@ def cases(sets: list[tuple[str, ...]], n: int, seed: int) -> list[dict]:
 class Bench:
     """The starter engine, its LoRAs (with their stored frequency profiles) and the judges."""
 
-    def __init__(self, steps: int, gated_apply: str, gates: Path = GATES.parent) -> None:
+    def __init__(self, steps: int, gated_apply: str, gates: Path = GATES.parent,
+                 content_guidance: float = 0.0) -> None:
         base = load_base(PIPELINE_DIR, device="cpu")
         base.pipe.set_progress_bar_config(disable=True)
         self.engine = GenerationEngine(
             base, adapter_capacity=8,
             gate_network=gates if (gates / "gates.safetensors").is_file() else None)
         self.steps, self.gated_apply = steps, gated_apply
+        self.content_guidance = content_guidance  # merge, switch and gated only
         self.files = starter_loras()
         record = gates / GATES.name
         profiles = json.loads(record.read_text()).get("profiles", {}) if record.is_file() else {}
@@ -104,10 +106,11 @@ class Bench:
             engine.gate_network, engine.gate_network_id = None, ""
         try:
             apply = self.gated_apply if mode.startswith("gated") else "adapters"
+            kind = "merge" if mode == "base" else mode.split("-")[0]
             recipe = engine.recipe_for(case["prompt"], uses, seed=case["seed"],
-                                       steps=self.steps, width=64, height=64,
-                                       mode="merge" if mode == "base" else mode.split("-")[0],
-                                       apply=apply)
+                                       steps=self.steps, width=64, height=64, mode=kind,
+                                       apply=apply, content_guidance=self.content_guidance
+                                       if kind in ("merge", "switch", "gated") else 0.0)
             out = engine.generate(recipe, uses)
         finally:
             engine.gate_network, engine.gate_network_id = network
@@ -195,11 +198,13 @@ def main() -> None:
     parser.add_argument("--content-prompts", action="store_true",
                         help="multi-style prompts without their style descriptions (the "
                         "content caption they open with): what the style words do")
+    parser.add_argument("--content-guidance", type=float, default=0.0,
+                        help="add content guidance at this scale to merge, switch and gated")
     parser.add_argument("--out", default=str(RESULTS / "fusion_quality.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
-    bench = Bench(args.steps, args.gated_apply, Path(args.gates))
+    bench = Bench(args.steps, args.gated_apply, Path(args.gates), args.content_guidance)
     if not bench.files:
         raise SystemExit("no starter LoRAs (styles/data/starter/loras): nothing to measure")
     available = set(bench.files)
@@ -251,6 +256,8 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
                f"{args.gated_apply}" + (f" --gates {args.gates}"
                                         if Path(args.gates) != GATES.parent else "")
                + " --content-prompts" * args.content_prompts + " --no-sheet" * args.no_sheet
+               + (f" --content-guidance {args.content_guidance:g}"
+                  if args.content_guidance else "")
                + (f" --threads {args.threads}" if args.threads != 1 else "")
                + (f" --out {args.out}" if Path(args.out) != RESULTS / "fusion_quality.md"
                   else ""))
@@ -269,7 +276,10 @@ def write_results(args, modes, multi, table, singles, single_rows, bench, minute
         "prompts and seeds for every mode."
         + (" **Here the multi-style prompts are only the content caption each styled caption "
            "opens with** (`--content-prompts`): the styles come from the LoRAs alone."
-           if args.content_prompts else ""), "",
+           if args.content_prompts else "")
+        + (f" **Merge, switch and gated run with content guidance at scale "
+           f"{args.content_guidance:g}** (the base model's own guidance over the first 40% of "
+           "the steps, `fusion/content_guidance.py`)." if args.content_guidance else ""), "",
         f"Gated: apply `{args.gated_apply}` (merged deltas rewritten when a gate moves > 0.05); "
         + (f"learned gates (`{bench.engine.gate_network_id}`)." if bench.engine.gate_network
            else "no learned gate network: the frequency prior.") +
