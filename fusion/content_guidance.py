@@ -13,7 +13,8 @@ direction of the base model alone, the product-of-experts reading of composable 
 where L is the UNet with the request's LoRAs and B the UNet with them bypassed (the same prompt
 embeddings). It runs over the first steps only (`content_guidance_steps`, a share of the
 steps: the high-noise ones that lay out the scene), so the late steps that draw a style's
-texture are the LoRAs' alone; each such step costs one more UNet pass on the batch.
+texture are the LoRAs' alone; each such step costs one more UNet pass on the batch. A request
+with no LoRA runs without it: there is nothing to bypass, and the base alone is what it keeps.
 benchmarks/results/content_guidance.md measures it on the starter styles.
 """
 
