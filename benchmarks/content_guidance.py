@@ -8,6 +8,8 @@ measured there. Judged as starter_quality.py judges (guidance 2, 20 DPM-Solver s
 
     .venv/bin/python benchmarks/content_guidance.py [--scales 1,2] [--share 0.4] \\
         [--stronger arrow:1.143,smiley-face:1.167] [--prompts 32] [--workers 2]
+    .venv/bin/python benchmarks/content_guidance.py --sheet smiley-face:1.167,chalkboard:1
+        (only docs/content_guidance.png: 4 validation prompts per row, at each scale)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-from common import RESULTS, images_as_array, machine_line
+from common import RESULTS, ROOT, images_as_array, machine_line
 from lora_strength import TARGETS, VALIDATION_SEED, meets
 from starter_quality import generate, scenes, verdicts
 
@@ -63,8 +65,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "content_guidance.md"))
+    parser.add_argument("--sheet", help="slug:weight,...: draw docs/content_guidance.png only")
     args = parser.parse_args()
     scales = [0.0, *[float(s) for s in args.scales.split(",") if s]]
+    if args.sheet:
+        rows = [(s.split(":")[0], float(s.split(":")[1])) for s in args.sheet.split(",")]
+        sheet(rows, scales, args.share, ROOT / "docs" / "content_guidance.png")
+        return
     slugs = sorted(STYLES) if args.styles == "all" else args.styles.split(",")
     stronger = dict((s.split(":")[0], float(s.split(":")[1]))
                     for s in args.stronger.split(",") if s)
@@ -78,6 +85,40 @@ def main() -> None:
                              [args.prompts] * len(jobs)))
     minutes = (time.time() - started) / 60
     write(args, scales, slugs, stronger, rows, minutes)
+
+
+def sheet(rows: list[tuple[str, float]], scales: list[float], share: float, path,
+          per_row: int = 4) -> None:
+    """The same validation prompts per style (at its weight), once per scale."""
+    from PIL import Image, ImageDraw
+
+    _start_worker()
+    service, _ = _worker
+    cell, label_w, gap, head = 112, 170, 16, 20
+    width = label_w + len(scales) * (per_row * cell + gap)
+    out = Image.new("RGB", (width, head + len(rows) * (cell + 4)), "white")
+    draw = ImageDraw.Draw(out)
+    for j, scale in enumerate(scales):
+        draw.text((label_w + j * (per_row * cell + gap) + 4, 5),
+                  "content guidance off" if scale == 0 else f"content guidance {scale:g}",
+                  fill="black")
+    for r, (slug, weight) in enumerate(rows):
+        y = head + r * (cell + 4)
+        cases = scenes(per_row, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1),
+                       background=False)
+        draw.multiline_text((4, y + 4), "\n".join([f"{slug} at weight {weight:g}",
+                                                   *[p[:28] for p, _, _ in cases]]),
+                            fill="black")
+        for j, scale in enumerate(scales):
+            images = generate(service, [p for p, _, _ in cases],
+                              [VALIDATION_SEED + i for i in range(per_row)], [slug],
+                              weight=weight, content_guidance=scale,
+                              content_guidance_steps=share)
+            for i, image in enumerate(images):
+                out.paste(image.convert("RGB").resize((cell, cell), Image.NEAREST),
+                          (label_w + j * (per_row * cell + gap) + i * cell, y))
+    out.save(path)
+    print(path)
 
 
 def write(args, scales, slugs, stronger, rows, minutes) -> None:
