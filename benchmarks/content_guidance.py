@@ -21,8 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from common import RESULTS, ROOT, images_as_array, machine_line
-from lora_strength import TARGETS, VALIDATION_SEED, meets
-from starter_quality import generate, scenes, verdicts
+from lora_strength import TARGETS, VALIDATION_SEED, meets, validation_images
+from starter_quality import verdicts
 
 from styles.starter.looks import STYLES
 
@@ -44,15 +44,18 @@ def _start_worker() -> None:
 def _job(slug: str, weight: float, scale: float, share: float, n: int) -> tuple:
     """(slug, weight, scale, style detected, content right, seconds per image)."""
     service, judges = _worker
-    cases = scenes(n, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1),
-                   background=False)
     started = time.time()
-    images = generate(service, [p for p, _, _ in cases],
-                      [VALIDATION_SEED + i for i in range(n)], [slug], weight=weight,
-                      content_guidance=scale, content_guidance_steps=share)
+    cases, images = validation_images(service, slug, slug, n, weight, content_guidance=scale,
+                                      content_guidance_steps=share)
     seconds = (time.time() - started) / n
     return (slug, weight, scale, *verdicts(judges, slug, images_as_array(images), cases),
             seconds)
+
+
+def weighted(text: str) -> list[tuple[str, float]]:
+    """"slug:weight,..." as (slug, weight) pairs."""
+    return [(slug, float(weight)) for slug, weight in
+            (item.split(":") for item in text.split(",") if item)]
 
 
 def main() -> None:
@@ -69,12 +72,10 @@ def main() -> None:
     args = parser.parse_args()
     scales = [0.0, *[float(s) for s in args.scales.split(",") if s]]
     if args.sheet:
-        rows = [(s.split(":")[0], float(s.split(":")[1])) for s in args.sheet.split(",")]
-        sheet(rows, scales, args.share, ROOT / "docs" / "content_guidance.png")
+        sheet(weighted(args.sheet), scales, args.share, ROOT / "docs" / "content_guidance.png")
         return
     slugs = sorted(STYLES) if args.styles == "all" else args.styles.split(",")
-    stronger = dict((s.split(":")[0], float(s.split(":")[1]))
-                    for s in args.stronger.split(",") if s)
+    stronger = dict(weighted(args.stronger))
     jobs = [(slug, 1.0, scale) for slug in slugs for scale in scales]
     jobs += [(slug, weight, scale) for slug, weight in stronger.items() for scale in scales]
     started = time.time()
@@ -104,19 +105,16 @@ def sheet(rows: list[tuple[str, float]], scales: list[float], share: float, path
                   fill="black")
     for r, (slug, weight) in enumerate(rows):
         y = head + r * (cell + 4)
-        cases = scenes(per_row, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1),
-                       background=False)
-        draw.multiline_text((4, y + 4), "\n".join([f"{slug} at weight {weight:g}",
-                                                   *[p[:28] for p, _, _ in cases]]),
-                            fill="black")
         for j, scale in enumerate(scales):
-            images = generate(service, [p for p, _, _ in cases],
-                              [VALIDATION_SEED + i for i in range(per_row)], [slug],
-                              weight=weight, content_guidance=scale,
-                              content_guidance_steps=share)
+            cases, images = validation_images(service, slug, slug, per_row, weight,
+                                              content_guidance=scale,
+                                              content_guidance_steps=share)
             for i, image in enumerate(images):
                 out.paste(image.convert("RGB").resize((cell, cell), Image.NEAREST),
                           (label_w + j * (per_row * cell + gap) + i * cell, y))
+        draw.multiline_text((4, y + 4), "\n".join([f"{slug} at weight {weight:g}",
+                                                   *[p[:28] for p, _, _ in cases]]),
+                            fill="black")
     out.save(path)
     print(path)
 

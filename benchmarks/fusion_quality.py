@@ -32,6 +32,7 @@ from common import RESULTS, ROOT, ground_truth, images_as_array, machine_line
 from fusion.base import load_base
 from fusion.engine import GenerationEngine, LoraUse
 from fusion.gate_training import split_sets
+from fusion.recipe import CONTENT_GUIDED
 from styles.reader import ReadOptions, read_lora
 from styles.starter.judges import Judges, vae_renderer
 from styles.starter.looks import clashing_pairs, styled_caption
@@ -110,7 +111,7 @@ class Bench:
             recipe = engine.recipe_for(case["prompt"], uses, seed=case["seed"],
                                        steps=self.steps, width=64, height=64, mode=kind,
                                        apply=apply, content_guidance=self.content_guidance
-                                       if kind in ("merge", "switch", "gated") else 0.0)
+                                       if kind in CONTENT_GUIDED else 0.0)
             out = engine.generate(recipe, uses)
         finally:
             engine.gate_network, engine.gate_network_id = network

@@ -63,6 +63,20 @@ UP, DOWN = (1.2, 1.4, 1.6), (0.85, 0.7, 0.55)
 WORK = ROOT / ".cache" / "lora_strength"
 
 
+def validation_images(service, slug: str, ref: str, n: int, weight: float = 1.0,
+                      **settings) -> tuple[list, list]:
+    """(cases, images): the LoRA `ref` (a file or a slug) at `weight` on `slug`'s n validation
+    prompts and seeds, through the service as starter_quality renders; `settings`: other
+    GenerateRequest fields."""
+    from starter_quality import generate, scenes
+
+    cases = scenes(n, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1),
+                   background=False)
+    return cases, generate(service, [prompt for prompt, _, _ in cases],
+                           [VALIDATION_SEED + i for i in range(n)], [ref], weight=weight,
+                           **settings)
+
+
 def margin(style: float, content: float) -> float:
     return min(style / TARGETS[0], content / TARGETS[1])
 
@@ -87,16 +101,12 @@ class Judge:
 
     def __call__(self, slug: str, path: Path, strength: float) -> tuple[float, float]:
         from common import images_as_array
-        from starter_quality import generate, scenes, verdicts
+        from starter_quality import verdicts
 
         record = WORK / f"{fingerprint(path, JUDGES_DIR)}-{strength:g}-{self.prompts}-service.json"
         if record.is_file():
             return tuple(json.loads(record.read_text()))
-        cases = scenes(self.prompts, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1),
-                       background=False)
-        images = generate(self.service, [prompt for prompt, _, _ in cases],
-                          [VALIDATION_SEED + i for i in range(len(cases))], [str(path)],
-                          weight=strength)
+        cases, images = validation_images(self.service, slug, str(path), self.prompts, strength)
         figures = verdicts(self.judges, slug, images_as_array(images), cases)
         WORK.mkdir(parents=True, exist_ok=True)
         partial = record.with_suffix(".tmp")

@@ -11,6 +11,7 @@ from PIL.PngImagePlugin import PngInfo
 
 RECIPE_VERSION = 1
 MODES = ("merge", "switch", "composite", "cmlora", "gated")
+CONTENT_GUIDED = ("merge", "switch", "gated")  # the modes run by the pipeline's own loop
 PNG_KEY = "loratlas-recipe"
 
 
@@ -76,7 +77,7 @@ class Recipe:
             raise ValueError("content_guidance must be from 0 (off) to 30")
         if not 0 < self.content_guidance_steps <= 1:
             raise ValueError("content_guidance_steps is a share of the steps: in (0, 1]")
-        if self.content_guidance and self.mode in ("composite", "cmlora"):
+        if self.content_guidance and self.mode not in CONTENT_GUIDED:
             raise ValueError(f"content_guidance works with merge, switch and gated, not with "
                              f"{self.mode} (its own denoising loop)")
         if self.content_guidance and self.guidance_scale <= 1:
