@@ -8,6 +8,10 @@ measured there. Judged as starter_quality.py judges (guidance 2, 20 DPM-Solver s
 
     .venv/bin/python benchmarks/content_guidance.py [--scales 1,2] [--share 0.4] \\
         [--stronger arrow:1.143,smiley-face:1.167] [--prompts 32] [--workers 2]
+    .venv/bin/python benchmarks/content_guidance.py --scales 0.5,1,2 --share 0.2,0.4,0.7 \\
+        --styles arrow,... --choose --prompts 48 --out benchmarks/results/content_guidance_choice.md
+        (each scale at each share; --choose picks each style's setting, which
+        styles/starter/build.py GENERATION_DEFAULTS ships)
     .venv/bin/python benchmarks/content_guidance.py --sheet smiley-face:1.167,chalkboard:1
         (only docs/content_guidance.png: 4 validation prompts per row, at each scale)
 """
@@ -21,11 +25,12 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from common import RESULTS, ROOT, images_as_array, machine_line
-from lora_strength import TARGETS, VALIDATION_SEED, meets, validation_images
+from lora_strength import TARGETS, VALIDATION_SEED, margin, meets, validation_images
 from starter_quality import verdicts
 
 from styles.starter.looks import STYLES
 
+DEFAULT_OUT = str(RESULTS / "content_guidance.md")
 _worker: tuple | None = None
 
 
@@ -41,15 +46,15 @@ def _start_worker() -> None:
     _worker = (LoratlasService(ServiceConfig(device="cpu")), Judges.load(JUDGES_DIR))
 
 
-def _job(slug: str, weight: float, scale: float, share: float, n: int) -> tuple:
-    """(slug, weight, scale, style detected, content right, seconds per image)."""
+def _job(slug: str, weight: float, scale: float, share: float, n: int, part: int = 0) -> tuple:
+    """(slug, weight, scale, share, style detected, content right, seconds per image)."""
     service, judges = _worker
     started = time.time()
-    cases, images = validation_images(service, slug, slug, n, weight, content_guidance=scale,
-                                      content_guidance_steps=share)
+    cases, images = validation_images(service, slug, slug, n, weight, part,
+                                      content_guidance=scale, content_guidance_steps=share)
     seconds = (time.time() - started) / n
-    return (slug, weight, scale, *verdicts(judges, slug, images_as_array(images), cases),
-            seconds)
+    return (slug, weight, scale, share,
+            *verdicts(judges, slug, images_as_array(images), cases), seconds)
 
 
 def weighted(text: str) -> list[tuple[str, float]]:
@@ -61,31 +66,91 @@ def weighted(text: str) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default="1,2", help="content guidance scales besides 0")
-    parser.add_argument("--share", type=float, default=0.4, help="share of the steps")
+    parser.add_argument("--share", default="0.4",
+                        help="share of the steps, or several (0.2,0.4,0.7): each with each scale")
+    parser.add_argument("--choose", action="store_true",
+                        help="also choose each style's setting: the best margin to both targets")
+    parser.add_argument("--confirm", metavar="SLUG:SCALE:SHARE,...",
+                        help="only these settings and off, on the second validation set (other "
+                        "prompts and seeds than the grid's): does each choice hold?")
     parser.add_argument("--stronger", default="",
                         help="slug:weight,...: these styles also at that LoRA weight")
     parser.add_argument("--styles", default="all")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default=str(RESULTS / "content_guidance.md"))
+    parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--sheet", help="slug:weight,...: draw docs/content_guidance.png only")
     args = parser.parse_args()
     scales = [0.0, *[float(s) for s in args.scales.split(",") if s]]
+    shares = [float(s) for s in args.share.split(",")]
     if args.sheet:
-        sheet(weighted(args.sheet), scales, args.share, ROOT / "docs" / "content_guidance.png")
+        sheet(weighted(args.sheet), scales, shares[0], ROOT / "docs" / "content_guidance.png")
+        return
+    if args.confirm:
+        confirm(args)
         return
     slugs = sorted(STYLES) if args.styles == "all" else args.styles.split(",")
     stronger = dict(weighted(args.stronger))
-    jobs = [(slug, 1.0, scale) for slug in slugs for scale in scales]
-    jobs += [(slug, weight, scale) for slug, weight in stronger.items() for scale in scales]
+    settings = settings_grid(scales, shares)
+    jobs = [(slug, 1.0, scale, share) for slug in slugs for scale, share in settings]
+    jobs += [(slug, weight, scale, share) for slug, weight in stronger.items()
+             for scale, share in settings]
     started = time.time()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context,
                              initializer=_start_worker) as pool:
-        rows = list(pool.map(_job, *zip(*jobs, strict=True), [args.share] * len(jobs),
-                             [args.prompts] * len(jobs)))
+        rows = list(pool.map(_job, *zip(*jobs, strict=True), [args.prompts] * len(jobs)))
     minutes = (time.time() - started) / 60
-    write(args, scales, slugs, stronger, rows, minutes)
+    write(args, settings, slugs, stronger, rows, minutes)
+
+
+def confirm(args) -> None:
+    """Each chosen setting against off on validation part 1 (lora_strength.validation_images):
+    a choice holds where its margin to both targets beats off's there too."""
+    chosen = {slug: (float(scale), float(share)) for slug, scale, share in
+              (item.split(":") for item in args.confirm.split(",") if item)}
+    jobs = [(slug, 0.0, 0.4) for slug in chosen] + [(slug, *s) for slug, s in chosen.items()]
+    started = time.time()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=context,
+                             initializer=_start_worker) as pool:
+        rows = list(pool.map(_job, [j[0] for j in jobs], [1.0] * len(jobs),
+                             [j[1] for j in jobs], [j[2] for j in jobs],
+                             [args.prompts] * len(jobs), [1] * len(jobs)))
+    got = {(slug, scale): (style, content) for slug, _, scale, _, style, content, _ in rows}
+    lines = [
+        "# Content guidance: do the chosen settings hold on other validation prompts?", "",
+        machine_line(),
+        f"Command: `.venv/bin/python benchmarks/content_guidance.py --confirm {args.confirm} "
+        f"--prompts {args.prompts} --workers {args.workers} --out {args.out}` "
+        f"({(time.time() - started) / 60:.0f} min)", "",
+        f"Each style's setting as `--choose` picked it, against off, on {args.prompts} "
+        "validation prompts and seeds of a second set (`validation_images(part=1)`: other "
+        "scenes and seeds than the grid's, none of starter_quality's held-out ones). A choice "
+        f"holds where its margin to both targets (min(style / {TARGETS[0]:.2f}, content / "
+        f"{TARGETS[1]:.2f})) beats off's. Style detected / content right.", "",
+        "| style | setting | off | with it | margin: off → with it | holds |",
+        "|---|---|---:|---:|---:|:-:|"]
+    for slug, (scale, share) in chosen.items():
+        off, on = got[(slug, 0.0)], got[(slug, scale)]
+        lines.append(f"| {slug} | {scale:g} on {share:.0%} | {off[0]:.2f} / {off[1]:.2f} | "
+                     f"{on[0]:.2f} / {on[1]:.2f} | {margin(*off):.3f} → {margin(*on):.3f} | "
+                     f"{'✓' if margin(*on) > margin(*off) else '✗'} |")
+    with open(args.out, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def settings_grid(scales: list[float], shares: list[float]) -> list[tuple[float, float]]:
+    """(scale, share) pairs: off once (its share does nothing), then each scale at each share."""
+    return [(0.0, shares[0])] + [(scale, share) for share in shares for scale in scales if scale]
+
+
+def choose(got: dict, slug: str, settings: list[tuple[float, float]]) -> tuple[float, float]:
+    """The (scale, share) with the best margin to both targets (lora_strength.margin) on the
+    style's validation prompts at weight 1; ties go to off, then the smaller scale and share
+    (the setting changing the least)."""
+    return max(settings, key=lambda s: (margin(*got[(slug, 1.0, *s)][:2]), -s[0], -s[1]))
 
 
 def sheet(rows: list[tuple[str, float]], scales: list[float], share: float, path,
@@ -119,51 +184,79 @@ def sheet(rows: list[tuple[str, float]], scales: list[float], share: float, path
     print(path)
 
 
-def write(args, scales, slugs, stronger, rows, minutes) -> None:
-    got = {(slug, weight, scale): (style, content, seconds)
-           for slug, weight, scale, style, content, seconds in rows}
+def write(args, settings, slugs, stronger, rows, minutes) -> None:
+    got = {(slug, weight, scale, share): (style, content, seconds)
+           for slug, weight, scale, share, style, content, seconds in rows}
+    several = len({share for _, share in settings}) > 1
 
     def cell(key) -> str:
         style, content, _ = got[key]
         return f"{style:.2f} / {content:.2f}" + (" ✓" if meets(style, content) else "")
 
-    heads = ["off" if s == 0 else f"scale {s:g}" for s in scales]
+    def head(scale: float, share: float) -> str:
+        return "off" if scale == 0 else f"scale {scale:g}" + (f" on {share:.0%}" if several
+                                                               else "")
+
+    heads = [head(*s) for s in settings]
+    scales = sorted({scale for scale, _ in settings if scale})
     lines = [
         "# Content guidance on the starter style LoRAs", "", machine_line(),
         f"Command: `.venv/bin/python benchmarks/content_guidance.py --scales "
-        f"{','.join(f'{s:g}' for s in scales[1:])} --share {args.share:g}"
+        f"{','.join(f'{s:g}' for s in scales)} --share {args.share}"
         + (f" --stronger {args.stronger}" if args.stronger else "")
         + (f" --styles {args.styles}" if args.styles != "all" else "")
-        + f" --prompts {args.prompts} --workers {args.workers}` ({minutes:.0f} min)", "",
-        f"Content guidance adds the base model's own guidance (the request's LoRAs bypassed) "
-        f"at the given scale over the first {args.share:.0%} of the steps "
-        "(`fusion/content_guidance.py`). Each style's shipped file at weight 1 (the strength "
-        f"it carries), {args.prompts} validation prompts per style (the seeds lora_strength.py "
-        f"chose the strengths on, from {VALIDATION_SEED}: so the *off* column is optimistic, "
-        "and starter_quality.md measures the same files on held-out prompts), guidance 2, "
-        "20 DPM-Solver steps. Each cell: style detected / content right (shape, and color "
-        f"where the style keeps it); ✓ where both targets are met (style ≥ {TARGETS[0]:.2f}, "
-        f"content ≥ {TARGETS[1]:.2f}). One prompt is {100 / args.prompts:.1f} points.", "",
-        "| style | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(scales)]
+        + (" --choose" if args.choose else "")
+        + f" --prompts {args.prompts} --workers {args.workers}"
+        + (f" --out {args.out}" if args.out != DEFAULT_OUT else "") + f"` ({minutes:.0f} min)",
+        "",
+        "Content guidance adds the base model's own guidance (the request's LoRAs bypassed) "
+        "at the given scale over the first share of the steps "
+        f"(`fusion/content_guidance.py`; {args.share} here). Each style's shipped file at "
+        f"weight 1 (the strength it carries), {args.prompts} validation prompts per style "
+        f"(the seeds lora_strength.py chose the strengths on, from {VALIDATION_SEED}: so the "
+        "*off* column is optimistic, and starter_quality.md measures the same files on "
+        "held-out prompts), guidance 2, 20 DPM-Solver steps. Each cell: style detected / "
+        "content right (shape, and color where the style keeps it); ✓ where both targets are "
+        f"met (style ≥ {TARGETS[0]:.2f}, content ≥ {TARGETS[1]:.2f}). One prompt is "
+        f"{100 / args.prompts:.1f} points.", "",
+        "| style | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(settings)]
     for slug in slugs:
-        lines.append(f"| {slug} | " + " | ".join(cell((slug, 1.0, s)) for s in scales) + " |")
+        lines.append(f"| {slug} | " + " | ".join(cell((slug, 1.0, *s)) for s in settings)
+                     + " |")
     lines.append("")
-    for s, head in zip(scales, heads, strict=True):
-        values = [got[(slug, 1.0, s)] for slug in slugs]
+    for s, name in zip(settings, heads, strict=True):
+        values = [got[(slug, 1.0, *s)] for slug in slugs]
         lines.append(
-            f"- {head}: both targets {sum(meets(a, b) for a, b, _ in values)}/{len(slugs)}; "
+            f"- {name}: both targets {sum(meets(a, b) for a, b, _ in values)}/{len(slugs)}; "
             f"mean style {np.mean([a for a, _, _ in values]):.3f}, mean content "
             f"{np.mean([b for _, b, _ in values]):.3f}; seconds per image "
             f"{np.mean([c for _, _, c in values]):.2f} (16 denoised together, one thread)")
+    if args.choose:
+        lines += ["", "## Chosen per style", "",
+                  "The setting with the best margin to both targets, min(style / "
+                  f"{TARGETS[0]:.2f}, content / {TARGETS[1]:.2f}); ties go to off, then to the "
+                  "smaller scale and share. As `styles/starter/build.py` "
+                  "GENERATION_DEFAULTS records it (`content_guidance`, "
+                  "`content_guidance_steps`):", "",
+                  "| style | chosen | figures | off |", "|---|---|---:|---:|"]
+        tuning = {}
+        for slug in slugs:
+            scale, share = choose(got, slug, settings)
+            if scale:
+                tuning[slug] = {"content_guidance": scale, "content_guidance_steps": share}
+            lines.append(f"| {slug} | {head(scale, share) if scale else 'off'} | "
+                         f"{cell((slug, 1.0, scale, share))} | "
+                         f"{cell((slug, 1.0, *settings[0]))} |")
+        lines += ["", f"`{tuning}`"]
     if stronger:
         lines += ["", "## At a higher LoRA weight", "",
                   "The same prompts with the LoRA at the weight given (× the strength its file "
                   "carries).", "",
                   "| style | weight | " + " | ".join(heads) + " |",
-                  "|---|---:|" + "---:|" * len(scales)]
+                  "|---|---:|" + "---:|" * len(settings)]
         for slug, weight in stronger.items():
             lines.append(f"| {slug} | {weight:g} | "
-                         + " | ".join(cell((slug, weight, s)) for s in scales) + " |")
+                         + " | ".join(cell((slug, weight, *s)) for s in settings) + " |")
     with open(args.out, "w") as out:
         out.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -64,17 +64,20 @@ WORK = ROOT / ".cache" / "lora_strength"
 
 
 def validation_images(service, slug: str, ref: str, n: int, weight: float = 1.0,
-                      **settings) -> tuple[list, list]:
+                      part: int = 0, **settings) -> tuple[list, list]:
     """(cases, images): the LoRA `ref` (a file or a slug) at `weight` on `slug`'s n validation
-    prompts and seeds, through the service as starter_quality renders; `settings`: other
-    GenerateRequest fields."""
+    prompts and seeds, through the service as starter_quality renders; `part` 1: a second
+    validation set (other scenes and seeds, n ≤ 500), to confirm what part 0 chose; `settings`:
+    other GenerateRequest fields (content guidance off unless given: the strength is the
+    file's alone, whatever the style recommends)."""
     from starter_quality import generate, scenes
 
-    cases = scenes(n, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1),
+    settings.setdefault("content_guidance", 0.0)
+    cases = scenes(n, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1) + 500 * part,
                    background=False)
     return cases, generate(service, [prompt for prompt, _, _ in cases],
-                           [VALIDATION_SEED + i for i in range(n)], [ref], weight=weight,
-                           **settings)
+                           [VALIDATION_SEED + 500 * part + i for i in range(n)], [ref],
+                           weight=weight, **settings)
 
 
 def margin(style: float, content: float) -> float:
