@@ -77,12 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmlora-cache", choices=["residual", "none"], default="residual",
                    help="cmlora: reuse each LoRA's cached residual (residual) or run every "
                    "LoRA at every step (none)")
-    p.add_argument("--content-guidance", type=float, default=0.0, metavar="SCALE",
+    p.add_argument("--content-guidance", type=float, metavar="SCALE",
                    help="add the base model's own guidance (LoRAs bypassed) over the first "
                    "steps, so a LoRA cannot make the model ignore the prompt's content; one "
-                   "more UNet pass on those steps (0: off; see README)")
-    p.add_argument("--content-guidance-steps", type=float, default=0.4, metavar="SHARE",
-                   help="the share of the steps, from the first, that content guidance runs on")
+                   "more UNet pass on those steps (0: off; default: what the style recommends "
+                   "when it is the only LoRA, else off; see README)")
+    p.add_argument("--content-guidance-steps", type=float, metavar="SHARE",
+                   help="the share of the steps, from the first, that content guidance runs on "
+                   "(default: the style's recommended share, else 0.4)")
     p.add_argument("--gate-tolerance", type=float, default=0.05,
                    help="gated with --apply fused: rewrite a layer when a gate moves more")
     p.add_argument("--auto", type=int, nargs="?", const=3, default=0, metavar="K",

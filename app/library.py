@@ -4,7 +4,6 @@ retrieval views of each, computed once per file (by sha256) and cached on disk."
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,7 +169,3 @@ def word_view_for(engine: GenerationEngine, embedder: Embedder, path: Path,
         path.parent.mkdir(parents=True, exist_ok=True)
         view.save(path)
     return view
-
-
-def manifest_styles(manifest: Path) -> dict[str, dict]:
-    return {s["slug"]: s for s in json.loads(manifest.read_text())["styles"]}

@@ -36,6 +36,8 @@ class StyleCard(StyleSummary):
     cluster: str | None = None
     flags: list[str] = field(default_factory=list)  # e.g. "near-duplicate of pixel-art"
     weight_words: list[str] = field(default_factory=list)  # what its weights react to
+    # the generation settings it recommends when used alone (fusion.engine.RECOMMENDABLE)
+    recommended: dict = field(default_factory=dict)
 
 
 @dataclass

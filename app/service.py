@@ -22,8 +22,13 @@ from fusion.engine import GenerationEngine, LoraUse
 from fusion.recipe import Recipe, RecipeLora, save_png
 from styles.errors import LoraRefused
 from styles.reader import ReadOptions, read_lora
-from styles.safe_read import ReadLimits
-from styles.starter.paths import PIPELINE_DIR, starter_available, starter_loras
+from styles.safe_read import ReadLimits, sha256_file
+from styles.starter.paths import (
+    PIPELINE_DIR,
+    starter_available,
+    starter_loras,
+    starter_recommendations,
+)
 
 if TYPE_CHECKING:
     from app.style_library import StyleLibrary
@@ -91,8 +96,11 @@ class GenerateRequest:
     switch_period: int = 5
     cmlora_cache: str = "residual"
     gate_tolerance: float = 0.05
-    content_guidance: float = 0.0  # the base model's own guidance added early (0: off)
-    content_guidance_steps: float = 0.4  # the share of the steps it runs on (the first ones)
+    # the base model's own guidance added early (0: off) and the share of the steps it runs on
+    # (the first ones); None: what the style recommends when one LoRA is used, else off and 0.4
+    # (fusion.engine.recommended_settings)
+    content_guidance: float | None = None
+    content_guidance_steps: float | None = None
     auto: int = 0  # add this many styles retrieved for the prompt (0: only `loras`)
 
 
@@ -145,6 +153,7 @@ class LoratlasService:
         self._engine: GenerationEngine | None = None
         self._load_lock = threading.Lock()
         self._library: StyleLibrary | None = None
+        self._recommended: dict[str, dict] | None = None
         self._library_lock = threading.Lock()
         self._read_cache: dict[tuple, object] = {}  # (path, size, mtime, alpha) → LoraFile
 
@@ -434,7 +443,8 @@ class LoratlasService:
                          rank=entry.rank, sha256=entry.sha256, created=entry.created,
                          thumbnails=[str(library.blobs.path(t)) for t in entry.thumbnails],
                          nearest=nearest, cluster=self._cluster_label(slug),
-                         flags=flags, weight_words=list(entry.extra.get("weight_words", [])))
+                         flags=flags, weight_words=list(entry.extra.get("weight_words", [])),
+                         recommended=dict(self.style_recommendations().get(entry.sha256, {})))
 
     def atlas(self) -> AtlasView:
         library = self.library
@@ -530,7 +540,17 @@ class LoratlasService:
             self._read_cache[key] = lora
         stored = self._stored_entry(item.ref)
         return LoraUse(lora, item.ref, item.weight, item.block_weights, item.step_weights,
-                       frequency=stored.frequency if stored else None)
+                       frequency=stored.frequency if stored else None,
+                       recommended=self.style_recommendations().get(lora.sha256))
+
+    def style_recommendations(self) -> dict[str, dict]:
+        """sha256 of a LoRA file → the generation settings its style recommends: the starter
+        pack's (its manifest), so they follow the file, named by slug or by path."""
+        if self._recommended is None:  # computed once (a race computes the same twice)
+            self._recommended = {sha256_file(path): settings for path, settings
+                                 in starter_recommendations().values()} \
+                if self.uses_starter else {}
+        return self._recommended
 
     def _stored_entry(self, ref: str):
         """The catalog entry a library slug names (None for a file path)."""

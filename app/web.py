@@ -79,11 +79,13 @@ class WebApp:
         return self._call("retrieve", prompt, k=int(k)).to_json()
 
     def generate(self, prompt: str, styles: list | None, mode: str, steps: int, seed: int,
-                 size: str, count: int, content_guidance: float = 0.0,
+                 size: str, count: int, content_guidance: float | None = None,
+                 style_default: bool = False,
                  progress: gr.Progress = gr.Progress()):  # noqa: B008
         """Generate images; returns the images, the recipe (text and file) and the gate map.
         `content_guidance`: the base model's own guidance added over the first steps (0: off;
-        fusion/content_guidance.py)."""
+        fusion/content_guidance.py); None, or `style_default`: what the style recommends when
+        it is the only one, else off."""
         if not prompt or not prompt.strip():
             raise gr.Error("Type a prompt first.")
         width, height = parse_size(size)
@@ -91,7 +93,8 @@ class WebApp:
         request = GenerateRequest(prompt=prompt, loras=lora_requests(styles), mode=mode,
                                   steps=int(steps), seed=int(seed), num_images=count,
                                   width=width, height=height,
-                                  content_guidance=float(content_guidance or 0.0))
+                                  content_guidance=None if style_default or
+                                  content_guidance is None else float(content_guidance))
         folder = self._request_dir()
 
         def on_step(image: int, step: int, total: int) -> None:
@@ -117,7 +120,7 @@ class WebApp:
                    "reasons": "from the recipe", "origin": "manual"} for lora in recipe.loras]
         return (*self._result_outputs(result, folder), recipe.prompt, styles, recipe.mode,
                 recipe.steps, recipe.seed, f"{recipe.width}x{recipe.height}", recipe.num_images,
-                recipe.content_guidance,
+                recipe.content_guidance, False,
                 recipe.prompt)  # last: the prompt the page set itself (no suggestions for it)
 
     def _result_outputs(self, result, folder: Path):
@@ -365,11 +368,18 @@ class WebApp:
                     size = gr.Dropdown(list(SIZES), value="native", label="Size",
                                        allow_custom_value=True)
                     count = gr.Slider(1, 4, value=1, step=1, label="Images")
-                keep = gr.Slider(
-                    0, 4, value=0, step=0.25, elem_id="content-guidance",
-                    label="Keep the prompt's content (content guidance; 0: off)",
-                    info="When a style loses the prompt's shapes: the base model's own "
-                         "guidance on the first 40% of the steps, one more pass on each")
+                with gr.Row():
+                    keep = gr.Slider(
+                        0, 4, value=0, step=0.25, elem_id="content-guidance", scale=3,
+                        interactive=False,
+                        label="Keep the prompt's content (content guidance; 0: off)",
+                        info="When a style loses the prompt's shapes: the base model's own "
+                             "guidance on the first steps, one more pass on each")
+                    keep_default = gr.Checkbox(
+                        value=True, elem_id="content-guidance-default", scale=1,
+                        label="As the style recommends",
+                        info="A style used alone may recommend a setting (recorded in the "
+                             "recipe); blends get none")
             with gr.Column(scale=4):
                 gallery = gr.Gallery(label="Images", columns=2, elem_id="gallery", format="png",
                                      object_fit="contain", preview=False, fit_columns=False)
@@ -415,11 +425,14 @@ class WebApp:
                   api_visibility="private", concurrency_id="light").then(
             self.generate, inputs_kwargs={
                 "prompt": prompt, "styles": styles, "mode": mode, "steps": steps, "seed": seed,
-                "size": size, "count": count, "content_guidance": keep}, outputs=results,
+                "size": size, "count": count, "content_guidance": keep,
+                "style_default": keep_default}, outputs=results,
             api_name="generate",
             concurrency_id="generate", concurrency_limit=1).then(
             show_gate_map, gate_json, gate_image, api_visibility="private", queue=False)
-        form = [prompt, styles, mode, steps, seed, size, count, keep]
+        keep_default.change(lambda on: gr.update(interactive=not on), keep_default, keep,
+                            api_visibility="private", show_progress="hidden", queue=False)
+        form = [prompt, styles, mode, steps, seed, size, count, keep, keep_default]
         replay.click(self.replay, recipe_in, [*results, *form, replayed],
                      api_name="replay", concurrency_id="generate", concurrency_limit=1).then(
             show_gate_map, gate_json, gate_image, api_visibility="private", queue=False)

@@ -247,6 +247,11 @@ def card_markdown(card: dict | None) -> str:
     if card.get("weight_words"):
         lines.append("Its weights react to: " + ", ".join(html.escape(w)
                                                          for w in card["weight_words"]))
+    if (own := card.get("recommended") or {}).get("content_guidance"):
+        lines.append(f"Used alone, it recommends content guidance "
+                     f"{float(own['content_guidance']):g} on the first "
+                     f"{float(own.get('content_guidance_steps', 0.4)):.0%} of the steps "
+                     "(Create applies it unless you set your own)")
     if card.get("flags"):
         lines.append("⚠ " + "; ".join(card["flags"]))
     if card.get("nearest"):

@@ -38,7 +38,7 @@ from fusion.gates import (
     lora_vector,
     prompt_embedding,
 )
-from fusion.recipe import Recipe, RecipeLora
+from fusion.recipe import CONTENT_GUIDED, Recipe, RecipeLora
 from fusion.weights import WeightSchedule, validate_block_weights
 from styles.errors import WrongFamily
 from styles.lora import LoraFile
@@ -55,6 +55,8 @@ class LoraUse:
     step_weights: list[float] | None = None
     frequency: list[float] | None = None  # its stored frequency profile, if known
     vector: list[float] | None = None  # its vector for the gate network, if the caller has one
+    # the generation settings its style recommends (`RECOMMENDABLE`), used when it is alone
+    recommended: dict | None = None
 
     def __post_init__(self) -> None:
         validate_block_weights(self.block_weights)
@@ -62,6 +64,25 @@ class LoraUse:
     @property
     def user_schedule(self) -> bool:
         return bool(self.block_weights or self.step_weights)
+
+
+# The settings a style may recommend (the starter pack's manifest records them per style:
+# styles/starter/build.py GENERATION_DEFAULTS), and what applies when none is recommended.
+RECOMMENDABLE = {"content_guidance": 0.0, "content_guidance_steps": 0.4}
+
+
+def recommended_settings(uses: list[LoraUse], settings: dict) -> dict:
+    """The values of the RECOMMENDABLE settings left as None in `settings`: a style's own when
+    its LoRA is the request's only one (a setting chosen for one style says nothing about a
+    blend: fusion_quality_content_guidance*.md), else the defaults. Content guidance stays off
+    where it cannot run: in the modes with their own loop (recipe.CONTENT_GUIDED) and without
+    classifier-free guidance (a guidance scale of 1 or less)."""
+    own = (uses[0].recommended or {}) if len(uses) == 1 else {}
+    if settings.get("mode", "merge") not in CONTENT_GUIDED or \
+            settings.get("guidance_scale", 2.0) <= 1:
+        own = {}
+    return {name: own.get(name, default) for name, default in RECOMMENDABLE.items()
+            if settings.get(name) is None}
 
 
 @dataclass
@@ -120,6 +141,7 @@ class GenerationEngine:
                 settings[side] = self.native_size
         if settings.get("guidance_scale") is None:  # the base model's recommended scale
             settings["guidance_scale"] = self.base.guidance_scale
+        settings.update(recommended_settings(uses, settings))
         return Recipe(prompt=prompt, base_model=self.base.source, base_family=self.base.family,
                       scheduler=type(self.base.pipe.scheduler).__name__, loras=loras, **settings)
 

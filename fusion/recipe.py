@@ -82,7 +82,8 @@ class Recipe:
                              f"{self.mode} (its own denoising loop)")
         if self.content_guidance and self.guidance_scale <= 1:
             raise ValueError("content_guidance adds to classifier-free guidance: set "
-                             "guidance_scale above 1")
+                             "guidance_scale (the CLI's --guidance) above 1, or "
+                             "content_guidance to 0")
         self.loras = [lora if isinstance(lora, RecipeLora) else RecipeLora(**lora)
                       for lora in self.loras]
 

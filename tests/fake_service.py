@@ -77,7 +77,7 @@ class FakeService:
                   "seed": request.seed, "steps": request.steps, "mode": request.mode,
                   "num_images": request.num_images, "width": request.width or 64,
                   "height": request.height or 64,
-                  "content_guidance": request.content_guidance,
+                  "content_guidance": request.content_guidance or 0.0,  # no style recommends
                   "loras": [{"ref": x.ref, "sha256": "0" * 64, "weight": x.weight}
                             for x in request.loras]}
         return self._images(recipe, out_dir, on_step, gated=request.mode == "gated")

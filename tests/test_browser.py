@@ -79,7 +79,9 @@ def test_type_a_prompt_and_generate(page):
     found = page.locator(".style-row").or_(page.locator("#style-status", has_text="No style"))
     playwright.expect(found.first).to_be_visible()
     page.get_by_label("Steps").first.fill("12")
+    page.locator("#content-guidance-default input").uncheck()  # the slider is the style's until
     keep = page.locator("#content-guidance input[type=number]")
+    playwright.expect(keep).to_be_enabled()
     keep.fill("1")
     keep.press("Enter")
     page.click("#generate")
@@ -101,12 +103,16 @@ def test_open_the_atlas_and_use_a_style(page, service):
     page.get_by_role("tab", name="Atlas").click()
     page.wait_for_selector("#atlas-map .atlas, #atlas-map .atlas-empty")
     assert page.locator("#atlas-map .pt:not(.other)").count() > 0, "no usable style on the map"
-    point = page.locator("#atlas-map .pt:not(.other)").first
+    # stained-glass recommends content guidance (styles/starter/build.py GENERATION_DEFAULTS):
+    # its card says so, and using it alone applies it
+    point = page.locator('#atlas-map .pt[data-slug="stained-glass"]')
     slug = point.get_attribute("data-slug")
     point.hover()
     shot(page, "atlas_hover")
     point.click()
     page.wait_for_selector("#style-card h3")
+    playwright.expect(page.locator("#style-card")).to_contain_text(
+        "recommends content guidance 0.5")
     use = page.locator("#use-style")
     playwright.expect(use).to_be_enabled()
     page.click("#like-style")  # recommendations from what this session liked
@@ -118,6 +124,9 @@ def test_open_the_atlas_and_use_a_style(page, service):
     page.fill("#prompt textarea", "a blue square")
     page.click("#generate")
     page.wait_for_selector("#gallery img")
+    page.get_by_text("Recipe", exact=True).first.click()
+    playwright.expect(page.locator(".cm-content").first).to_contain_text(
+        '"content_guidance": 0.5')
     shot(page, "atlas_style_used")
 
 

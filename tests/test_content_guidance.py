@@ -124,3 +124,32 @@ def test_content_guidance_in_the_engine(engine, lora):
 def test_bad_content_guidance_is_refused_with_the_field(settings, words):
     with pytest.raises(ValueError, match=words):
         Recipe(prompt="p", base_model="m", base_family="sd15", **settings)
+
+
+def test_a_lora_alone_brings_its_styles_recommended_setting(engine, lora):
+    """Unset (None) settings take the style's recommendation when its LoRA is the only one;
+    a value given wins, each setting on its own; blends and the modes that cannot take
+    content guidance get the defaults (fusion.engine.recommended_settings)."""
+    own = {"content_guidance": 1.5, "content_guidance_steps": 0.7}
+    alone = LoraUse(lora, "a", 1.0, recommended=own)
+    plain = LoraUse(lora, "b", 1.0)
+    unset = {"content_guidance": None, "content_guidance_steps": None}
+
+    def chosen(uses, **settings):
+        recipe = engine.recipe_for("a star", uses, **{**unset, **settings})
+        return recipe.content_guidance, recipe.content_guidance_steps
+
+    assert chosen([alone]) == (1.5, 0.7)
+    assert chosen([alone], content_guidance=0.0) == (0.0, 0.7)  # off, as asked
+    assert chosen([alone], content_guidance_steps=0.2) == (1.5, 0.2)
+    assert chosen([alone], mode="gated") == (1.5, 0.7)
+    assert chosen([alone, plain]) == (0.0, 0.4)  # a blend: nothing was chosen for it
+    assert chosen([plain]) == chosen([]) == (0.0, 0.4)
+    for mode in ("composite", "cmlora"):  # no content guidance there: off, not an error
+        assert chosen([alone], mode=mode)[0] == 0.0
+    assert chosen([alone], guidance_scale=1.0)[0] == 0.0  # nor without guidance
+    # what the recipe records is what ran: replaying it needs no recommendation
+    guided = _out(engine, [alone], guidance_scale=3.0, content_guidance=None,
+                  content_guidance_steps=None)
+    assert guided.unet_passes == 4 + 3  # 70% of 4 steps
+    assert guided.recipes[0].content_guidance == 1.5

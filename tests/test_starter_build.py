@@ -12,7 +12,13 @@ from fusion.base import load_base
 from styles.reader import ReadOptions, read_lora
 from styles.starter import base_model
 from styles.starter.looks import STYLES
-from styles.starter.paths import MODEL_CARD, PIPELINE_DIR, starter_available, starter_loras
+from styles.starter.paths import (
+    MODEL_CARD,
+    PIPELINE_DIR,
+    starter_available,
+    starter_loras,
+    starter_recommendations,
+)
 from styles.starter.style_loras import (
     TARGETS,
     change_weights,
@@ -120,6 +126,17 @@ def test_loras_of_another_base_are_dropped_before_the_loras_stage(tmp_path, monk
     assert tuned.lora_setting("noir") == (tuned.lora_steps, 1.0, "all")
     decoder = build.BuildPlan(lora_tuning={"sepia": {"strength": 1.4, "blocks": "decoder"}})
     assert decoder.lora_setting("sepia") == (decoder.lora_steps, 1.4, "decoder")
+    # a recommended generation setting is not a training one: the manifest records it per
+    # style, and the LoRAs stay
+    (loras / "sepia.safetensors").write_bytes(b"x")
+    monkeypatch.setattr(build, "GENERATION_DEFAULTS", {"sepia": {"content_guidance": 1.0}})
+    monkeypatch.setattr(build, "LORA_DIR", loras)
+    monkeypatch.setattr("styles.starter.paths.STARTER_DIR", tmp_path)
+    monkeypatch.setattr("styles.starter.paths.LORA_DIR", loras)
+    build.write_manifest(tuned)
+    assert build.drop_stale_loras(tuned) == []
+    assert starter_recommendations() == {
+        "sepia": (loras / "sepia.safetensors", {"content_guidance": 1.0})}
 
 
 def test_style_lora_trains_and_saves_in_each_layout(tiny_pipeline_dir, tmp_path):
@@ -285,6 +302,10 @@ def test_shipped_loras_are_the_28_styles_and_read_as_starter_loras():
     assert formats == {"kohya": "kohya", "diffusers": "diffusers-peft", "sparse": "kohya"}
     manifest = json.loads((PIPELINE_DIR.parent / "manifest.json").read_text())
     assert len(manifest["styles"]) == 28
+    from styles.starter.build import GENERATION_DEFAULTS  # the manifest is in step with it
+
+    assert {slug: own for slug, (_, own) in starter_recommendations().items()} \
+        == GENERATION_DEFAULTS
     info = json.loads((PIPELINE_DIR / MODEL_CARD).read_text())
     assert manifest["base"] == {k: info.get(k) for k in manifest["base"]}  # trained on this base
 

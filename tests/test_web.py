@@ -92,6 +92,16 @@ def test_a_missing_service_action_is_a_clear_page_error(app, fake):
         app.atlas()
 
 
+def test_content_guidance_is_the_styles_own_unless_set(app, fake):
+    """The checkbox (or no value, through the API) leaves it to the style's recommendation:
+    None reaches the service, which resolves it (test_content_guidance.py)."""
+    for value, style_default, sent in ((1.5, True, None), (None, False, None),
+                                       (0, False, 0.0), (2, False, 2.0)):
+        app.generate("a star", [], "merge", 2, 0, "native", 1, value, style_default,
+                     progress=no_progress)
+        assert fake.calls[-1][1].content_guidance == sent
+
+
 def test_replay_reloads_a_recipe_png_and_fills_the_form(app, fake):
     gallery, *_ = app.generate("a green star", [{"slug": "pixel-art", "weight": 0.5}], "merge",
                                3, 9, "native", 1, 1.5, progress=no_progress)
@@ -101,7 +111,7 @@ def test_replay_reloads_a_recipe_png_and_fills_the_form(app, fake):
     assert fake.calls[-1][0] == "replay"
     prompt, styles, mode, steps, seed = out[5:10]
     assert (prompt, mode, steps, seed) == ("a green star", "merge", 3, 9)
-    assert out[-2] == 1.5  # content guidance, as the recipe recorded it
+    assert out[-3:-1] == (1.5, False)  # content guidance as recorded, not the style's default
     assert out[-1] == "a green star"  # the page's own prompt: suggestions leave it alone
     assert app.retrieve_as_you_type(prompt, set_by_page=out[-1]) == (None, "")
     assert app.retrieve_as_you_type(prompt + ", neon", set_by_page=out[-1])[0] is not None

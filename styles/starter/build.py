@@ -49,6 +49,17 @@ LORA_TUNING: dict[str, dict] = {  # chosen in benchmarks/results/lora_strength_b
 }
 
 
+# Generation settings a style recommends (fusion.engine.RECOMMENDABLE), used when its LoRA is
+# a request's only one and the request leaves them unset. Chosen on validation prompts
+# (benchmarks/results/content_guidance_choice.md, `--choose`: lightning-bolt, line-art,
+# smiley-face and stained-glass) and kept only where the choice held on a second validation
+# set (content_guidance_confirm.md: stained-glass alone). Not training settings: changing
+# them rewrites only the manifest (`loratlas starter build` retrains nothing for them).
+GENERATION_DEFAULTS: dict[str, dict] = {
+    "stained-glass": {"content_guidance": 0.5, "content_guidance_steps": 0.7},
+}
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     """Training budgets; the defaults are what the shipped pack was built with."""
@@ -154,7 +165,9 @@ def write_manifest(plan: BuildPlan) -> Path:
 
     styles = [{"slug": slug, "file": file_name(slug), "layout": layout_of(slug),
                "name": spec.name, "band": spec.band, "tags": list(spec.tags),
-               "trigger": spec.trigger, "description": spec.description}
+               "trigger": spec.trigger, "description": spec.description,
+               **({"recommended": GENERATION_DEFAULTS[slug]} if slug in GENERATION_DEFAULTS
+                  else {})}
               for slug, spec in sorted(STYLES.items()) if (LORA_DIR / file_name(slug)).is_file()]
     MANIFEST.write_text(json.dumps({"version": 1, "base": _base_key(), **_recipe(plan),
                                     "styles": styles}, indent=1))

@@ -19,12 +19,23 @@ def starter_available() -> bool:
     return (PIPELINE_DIR / "model_index.json").is_file()
 
 
-def starter_loras() -> dict[str, Path]:
-    """slug → file of every shipped starter style LoRA (from the manifest)."""
+def _manifest_styles() -> list[dict]:
     import json
 
     manifest = STARTER_DIR / "manifest.json"
     if not manifest.is_file():
-        return {}
-    styles = json.loads(manifest.read_text())["styles"]
-    return {s["slug"]: LORA_DIR / s["file"] for s in styles if (LORA_DIR / s["file"]).is_file()}
+        return []
+    return [s for s in json.loads(manifest.read_text())["styles"]
+            if (LORA_DIR / s["file"]).is_file()]
+
+
+def starter_loras() -> dict[str, Path]:
+    """slug → file of every shipped starter style LoRA (from the manifest)."""
+    return {s["slug"]: LORA_DIR / s["file"] for s in _manifest_styles()}
+
+
+def starter_recommendations() -> dict[str, tuple[Path, dict]]:
+    """slug → (file, the generation settings the style recommends) for the starter styles
+    that recommend any (the manifest's `recommended`; build.GENERATION_DEFAULTS)."""
+    return {s["slug"]: (LORA_DIR / s["file"], s["recommended"]) for s in _manifest_styles()
+            if s.get("recommended")}
