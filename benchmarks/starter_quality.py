@@ -32,9 +32,16 @@ from common import RESULTS, ROOT, ground_truth, images_as_array, machine_line
 
 from app.service import GenerateRequest, LoraRequest, LoratlasService, ServiceConfig
 from fusion.base import recommended_guidance
+from styles.safe_read import sha256_file
 from styles.starter.judges import Judges, vae_renderer
 from styles.starter.looks import STYLES
-from styles.starter.paths import IMAGE_SIZE, JUDGES_DIR, PIPELINE_DIR, starter_loras
+from styles.starter.paths import (
+    IMAGE_SIZE,
+    JUDGES_DIR,
+    PIPELINE_DIR,
+    starter_loras,
+    starter_recommendations,
+)
 from styles.starter.style_loras import file_name
 from styles.starter.world import caption, content_labels, sample_scene
 
@@ -106,14 +113,16 @@ def verdicts(judges, slug: str, array: np.ndarray, cases) -> tuple[float, float]
 
 
 def judge_style(service, judges, slug: str, n: int, steps: int,
-                guidance: float | None = None, ref: str | None = None) -> tuple[float, float]:
+                guidance: float | None = None, ref: str | None = None,
+                **settings) -> tuple[float, float]:
     """One style LoRA (the pack's, or the file `ref`) at weight 1.0 on n held-out prompts
-    naming no background."""
+    naming no background; `settings`: other GenerateRequest fields (unset: as a user gets it,
+    with the settings the style recommends)."""
     cases = style_cases(slug, n)
     lora = ref or slug
     array = images_as_array(generate(service, [p for p, _, _ in cases],
                                      [HELD_OUT_SEED + i for i in range(len(cases))], [lora],
-                                     steps, guidance))
+                                     steps, guidance, **settings))
     return verdicts(judges, slug, array, cases)
 
 
@@ -164,6 +173,12 @@ def _style_job(slug: str, ref: str | None, n: int, steps: int) -> tuple:
             style_ceiling(judges, render, slug, n))
 
 
+def _unguided_job(slug: str, n: int, steps: int) -> tuple[float, float]:
+    """A style that recommends content guidance, without it (content_guidance 0)."""
+    service, judges, _ = _worker
+    return judge_style(service, judges, slug, n, steps, content_guidance=0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=200)
@@ -180,14 +195,22 @@ def main() -> None:
         shipped = {slug: Path(args.loras) / file_name(slug) for slug in STYLES
                    if (Path(args.loras) / file_name(slug)).is_file()}
     slugs = [slug for slug in sorted(STYLES) if slug in shipped]
+    # the settings a style recommends follow its file (LoratlasService.style_recommendations)
+    recommended = {slug: settings for slug, (path, settings) in starter_recommendations().items()
+                   if slug in shipped and sha256_file(path) == sha256_file(shipped[slug])}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context,
                              initializer=_start_worker) as pool:
         base_job = pool.submit(_base_job, args.prompts, args.steps)
+        # a style that recommends settings runs with them (as `generate --lora SLUG` does),
+        # and without them too, to show what they buy
+        unguided = {slug: pool.submit(_unguided_job, slug, args.per_style, args.steps)
+                    for slug in slugs if slug in recommended}
         rows = list(pool.map(_style_job, slugs,  # each style LoRA at weight 1.0
                              [str(shipped[s]) if args.loras else None for s in slugs],
                              [args.per_style] * len(slugs), [args.steps] * len(slugs)))
         base = base_job.result()
+        unguided = {slug: job.result() for slug, job in unguided.items()}
     minutes = (time.time() - started) / 60
 
     # the CLI, as a user runs it
@@ -225,18 +248,25 @@ def main() -> None:
         "LoRA, put the target out of reach. Targets: style ≥ 0.80, content ≥ 0.70. *both "
         f"targets*: ✓ where the 95% interval of each share (Wilson, {args.per_style} images) "
         "is above its target, ✗ where either interval is below, ? where these images cannot "
-        "tell.", "",
-        "| style | style detected | content right | both targets | color judged | "
-        "false alarms | ceiling: style | ceiling: content |",
-        "|---|---:|---:|:-:|:-:|---:|---:|---:|",
+        "tell. *content guidance*: the setting the style recommends, which a request naming "
+        "it alone gets (`styles/starter/build.py` GENERATION_DEFAULTS, chosen on validation "
+        "prompts in content_guidance_choice.md); *without it*: the same images with content "
+        "guidance 0.", "",
+        "| style | style detected | content right | both targets | content guidance | "
+        "without it | color judged | false alarms | ceiling: style | ceiling: content |",
+        "|---|---:|---:|:-:|:-:|---:|:-:|---:|---:|---:|",
     ]
     calls = {}
     for slug, detected, right, keeps_color, (top_style, top_content) in rows:
         both = {call(detected, args.per_style, 0.8), call(right, args.per_style, 0.7)}
         calls[slug] = "✗" if "✗" in both else "?" if "?" in both else "✓"
-        lines.append(f"| {slug} | {detected:.2f} | {right:.2f} | {calls[slug]} | "
-                     f"{'✓' if keeps_color else ''} | {base['false_alarms'][slug]:.2f} | "
-                     f"{top_style:.2f} | {top_content:.2f} |")
+        own = recommended.get(slug, {})
+        guided = (f"{own['content_guidance']:g} on "
+                  f"{own.get('content_guidance_steps', 0.4):.0%}") if own else ""
+        without = "{:.2f} / {:.2f}".format(*unguided[slug]) if slug in unguided else ""
+        lines.append(f"| {slug} | {detected:.2f} | {right:.2f} | {calls[slug]} | {guided} | "
+                     f"{without} | {'✓' if keeps_color else ''} | "
+                     f"{base['false_alarms'][slug]:.2f} | {top_style:.2f} | {top_content:.2f} |")
     if rows:
         met_style = sum(r[1] >= 0.8 for r in rows)
         met_content = sum(r[2] >= 0.7 for r in rows)
@@ -253,6 +283,12 @@ def main() -> None:
                   f"{sum(c == '✗' for c in calls.values())}; "
                   f"{sum(c == '?' for c in calls.values())} too close to the targets for "
                   f"{args.per_style} images to tell."]
+        if unguided:
+            plain = [unguided.get(r[0], r[1:3]) for r in rows]
+            lines += ["", "Without the recommended content guidance (content guidance 0 for "
+                      f"all): both targets {sum(a >= 0.8 and b >= 0.7 for a, b in plain)}"
+                      f"/{len(rows)}; mean style {np.mean([a for a, _ in plain]):.3f}, mean "
+                      f"content {np.mean([b for _, b in plain]):.3f}."]
     else:
         lines += ["", "Not measured: the pack holds no style LoRAs yet (`loratlas starter build "
                   "--stages loras`)."]
