@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--size", type=_size)
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the base model's own: "
-                        "7.5 for Stable Diffusion, the value the starter pack records)")
+                   help="classifier-free guidance scale (default: the style's when it is the "
+                        "only LoRA and recommends one, else the base model's own: 7.5 for "
+                        "Stable Diffusion, the value the starter pack records)")
     p.add_argument("--negative", default="")
     p.add_argument("--apply", choices=["adapters", "fused"], default="adapters")
     p.add_argument("--mode", choices=["merge", "switch", "composite", "cmlora", "gated"],

@@ -89,7 +89,9 @@ class GenerateRequest:
     num_images: int = 1
     width: int | None = None
     height: int | None = None
-    guidance_scale: float | None = None  # None: the base model's recommended scale
+    # None: the style's recommended scale when one LoRA is used and it has one, else the base
+    # model's (fusion.engine.recommended_settings)
+    guidance_scale: float | None = None
     negative_prompt: str = ""
     apply: str = "adapters"
     mode: str = "merge"  # merge | switch | composite | cmlora | gated

@@ -227,6 +227,17 @@ def report_rows(reports: list[dict]) -> list[list]:
     return rows
 
 
+def recommended_text(own: dict) -> str:
+    """A style's recommended settings in words ("" for none)."""
+    parts = []
+    if own.get("guidance_scale") is not None:
+        parts.append(f"guidance scale {float(own['guidance_scale']):g}")
+    if own.get("content_guidance"):
+        parts.append(f"content guidance {float(own['content_guidance']):g} on the first "
+                     f"{float(own.get('content_guidance_steps', 0.4)):.0%} of the steps")
+    return " and ".join(parts)
+
+
 def card_markdown(card: dict | None) -> str:
     if not card:
         return "Click a point on the map to open its card."
@@ -247,11 +258,9 @@ def card_markdown(card: dict | None) -> str:
     if card.get("weight_words"):
         lines.append("Its weights react to: " + ", ".join(html.escape(w)
                                                          for w in card["weight_words"]))
-    if (own := card.get("recommended") or {}).get("content_guidance"):
-        lines.append(f"Used alone, it recommends content guidance "
-                     f"{float(own['content_guidance']):g} on the first "
-                     f"{float(own.get('content_guidance_steps', 0.4)):.0%} of the steps "
-                     "(Create applies it unless you set your own)")
+    if text := recommended_text(card.get("recommended") or {}):
+        lines.append(f"Used alone, it recommends {text} (Create applies it unless you set "
+                     "your own)")
     if card.get("flags"):
         lines.append("⚠ " + "; ".join(card["flags"]))
     if card.get("nearest"):

@@ -46,12 +46,15 @@ def _start_worker() -> None:
     _worker = (LoratlasService(ServiceConfig(device="cpu")), Judges.load(JUDGES_DIR))
 
 
-def _job(slug: str, weight: float, scale: float, share: float, n: int, part: int = 0) -> tuple:
-    """(slug, weight, scale, share, style detected, content right, seconds per image)."""
+def _job(slug: str, weight: float, scale: float, share: float, n: int, part: int = 0,
+         guidance: float | None = None) -> tuple:
+    """(slug, weight, scale, share, style detected, content right, seconds per image);
+    `guidance`: the classifier-free guidance scale (None: the pack's, 2)."""
     service, judges = _worker
     started = time.time()
     cases, images = validation_images(service, slug, slug, n, weight, part,
-                                      content_guidance=scale, content_guidance_steps=share)
+                                      content_guidance=scale, content_guidance_steps=share,
+                                      guidance_scale=guidance)
     seconds = (time.time() - started) / n
     return (slug, weight, scale, share,
             *verdicts(judges, slug, images_as_array(images), cases), seconds)
@@ -77,6 +80,8 @@ def main() -> None:
                         help="slug:weight,...: these styles also at that LoRA weight")
     parser.add_argument("--styles", default="all")
     parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--guidance", type=float,
+                        help="classifier-free guidance scale (default: the pack's, 2)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--sheet", help="slug:weight,...: draw docs/content_guidance.png only")
@@ -99,41 +104,52 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context,
                              initializer=_start_worker) as pool:
-        rows = list(pool.map(_job, *zip(*jobs, strict=True), [args.prompts] * len(jobs)))
+        rows = list(pool.map(_job, *zip(*jobs, strict=True), [args.prompts] * len(jobs),
+                             [0] * len(jobs), [args.guidance] * len(jobs)))
     minutes = (time.time() - started) / 60
     write(args, settings, slugs, stronger, rows, minutes)
 
 
 def confirm(args) -> None:
-    """Each chosen setting against off on validation part 1 (lora_strength.validation_images):
-    a choice holds where its margin to both targets beats off's there too."""
+    """Each chosen setting (at `--guidance`) against what a request gets without one (content
+    guidance off at the pack's guidance scale) on validation part 1
+    (lora_strength.validation_images): a choice holds where its margin to both targets beats
+    the baseline's there too."""
     chosen = {slug: (float(scale), float(share)) for slug, scale, share in
               (item.split(":") for item in args.confirm.split(",") if item)}
-    jobs = [(slug, 0.0, 0.4) for slug in chosen] + [(slug, *s) for slug, s in chosen.items()]
+    jobs = [(slug, 0.0, 0.4, None) for slug in chosen]
+    jobs += [(slug, scale, share, args.guidance) for slug, (scale, share) in chosen.items()]
     started = time.time()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context,
                              initializer=_start_worker) as pool:
         rows = list(pool.map(_job, [j[0] for j in jobs], [1.0] * len(jobs),
                              [j[1] for j in jobs], [j[2] for j in jobs],
-                             [args.prompts] * len(jobs), [1] * len(jobs)))
-    got = {(slug, scale): (style, content) for slug, _, scale, _, style, content, _ in rows}
+                             [args.prompts] * len(jobs), [1] * len(jobs),
+                             [j[3] for j in jobs]))
+    base = {row[0]: row[4:6] for row in rows[:len(chosen)]}
+    picked = {row[0]: row[4:6] for row in rows[len(chosen):]}
+    setting = f" at guidance {args.guidance:g}" if args.guidance else ""
     lines = [
         "# Content guidance: do the chosen settings hold on other validation prompts?", "",
         machine_line(),
         f"Command: `.venv/bin/python benchmarks/content_guidance.py --confirm {args.confirm} "
+        + (f"--guidance {args.guidance:g} " if args.guidance else "") +
         f"--prompts {args.prompts} --workers {args.workers} --out {args.out}` "
         f"({(time.time() - started) / 60:.0f} min)", "",
-        f"Each style's setting as `--choose` picked it, against off, on {args.prompts} "
-        "validation prompts and seeds of a second set (`validation_images(part=1)`: other "
-        "scenes and seeds than the grid's, none of starter_quality's held-out ones). A choice "
-        f"holds where its margin to both targets (min(style / {TARGETS[0]:.2f}, content / "
-        f"{TARGETS[1]:.2f})) beats off's. Style detected / content right.", "",
-        "| style | setting | off | with it | margin: off → with it | holds |",
+        f"Each style's setting as `--choose` picked it{setting}, against what a request gets "
+        "without one (content guidance off, the pack's guidance scale 2), on "
+        f"{args.prompts} validation prompts and seeds of a second set "
+        "(`validation_images(part=1)`: other scenes and seeds than the grid's, none of "
+        "starter_quality's held-out ones). A choice holds where its margin to both targets "
+        f"(min(style / {TARGETS[0]:.2f}, content / {TARGETS[1]:.2f})) beats the baseline's. "
+        "Style detected / content right.", "",
+        "| style | setting | without | with it | margin: without → with it | holds |",
         "|---|---|---:|---:|---:|:-:|"]
     for slug, (scale, share) in chosen.items():
-        off, on = got[(slug, 0.0)], got[(slug, scale)]
-        lines.append(f"| {slug} | {scale:g} on {share:.0%} | {off[0]:.2f} / {off[1]:.2f} | "
+        off, on = base[slug], picked[slug]
+        name = (f"{scale:g} on {share:.0%}" if scale else "off") + setting
+        lines.append(f"| {slug} | {name} | {off[0]:.2f} / {off[1]:.2f} | "
                      f"{on[0]:.2f} / {on[1]:.2f} | {margin(*off):.3f} → {margin(*on):.3f} | "
                      f"{'✓' if margin(*on) > margin(*off) else '✗'} |")
     with open(args.out, "w") as out:
@@ -206,6 +222,7 @@ def write(args, settings, slugs, stronger, rows, minutes) -> None:
         + (f" --stronger {args.stronger}" if args.stronger else "")
         + (f" --styles {args.styles}" if args.styles != "all" else "")
         + (" --choose" if args.choose else "")
+        + (f" --guidance {args.guidance:g}" if args.guidance else "")
         + f" --prompts {args.prompts} --workers {args.workers}"
         + (f" --out {args.out}" if args.out != DEFAULT_OUT else "") + f"` ({minutes:.0f} min)",
         "",
@@ -215,7 +232,8 @@ def write(args, settings, slugs, stronger, rows, minutes) -> None:
         f"weight 1 (the strength it carries), {args.prompts} validation prompts per style "
         f"(the seeds lora_strength.py chose the strengths on, from {VALIDATION_SEED}: so the "
         "*off* column is optimistic, and starter_quality.md measures the same files on "
-        "held-out prompts), guidance 2, 20 DPM-Solver steps. Each cell: style detected / "
+        f"held-out prompts), guidance {args.guidance or 2:g}, 20 DPM-Solver steps. Each cell: "
+        "style detected / "
         "content right (shape, and color where the style keeps it); ✓ where both targets are "
         f"met (style ≥ {TARGETS[0]:.2f}, content ≥ {TARGETS[1]:.2f}). One prompt is "
         f"{100 / args.prompts:.1f} points.", "",

@@ -77,7 +77,8 @@ def validation_images(service, slug: str, ref: str, n: int, weight: float = 1.0,
                    background=False)
     return cases, generate(service, [prompt for prompt, _, _ in cases],
                            [VALIDATION_SEED + 500 * part + i for i in range(n)], [ref],
-                           weight=weight, **settings)
+                           guidance=settings.pop("guidance_scale", None), weight=weight,
+                           **settings)
 
 
 def margin(style: float, content: float) -> float:

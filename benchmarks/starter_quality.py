@@ -31,6 +31,7 @@ import numpy as np
 from common import RESULTS, ROOT, ground_truth, images_as_array, machine_line
 
 from app.service import GenerateRequest, LoraRequest, LoratlasService, ServiceConfig
+from app.web_views import recommended_text
 from fusion.base import recommended_guidance
 from styles.safe_read import sha256_file
 from styles.starter.judges import Judges, vae_renderer
@@ -174,9 +175,11 @@ def _style_job(slug: str, ref: str | None, n: int, steps: int) -> tuple:
 
 
 def _unguided_job(slug: str, n: int, steps: int) -> tuple[float, float]:
-    """A style that recommends content guidance, without it (content_guidance 0)."""
+    """A style that recommends settings, without them: content guidance off, the pack's
+    guidance scale."""
     service, judges, _ = _worker
-    return judge_style(service, judges, slug, n, steps, content_guidance=0.0)
+    return judge_style(service, judges, slug, n, steps, recommended_guidance(PIPELINE_DIR),
+                       content_guidance=0.0)
 
 
 def main() -> None:
@@ -248,21 +251,20 @@ def main() -> None:
         "LoRA, put the target out of reach. Targets: style ≥ 0.80, content ≥ 0.70. *both "
         f"targets*: ✓ where the 95% interval of each share (Wilson, {args.per_style} images) "
         "is above its target, ✗ where either interval is below, ? where these images cannot "
-        "tell. *content guidance*: the setting the style recommends, which a request naming "
-        "it alone gets (`styles/starter/build.py` GENERATION_DEFAULTS, chosen on validation "
-        "prompts in content_guidance_choice.md); *without it*: the same images with content "
-        "guidance 0.", "",
-        "| style | style detected | content right | both targets | content guidance | "
-        "without it | color judged | false alarms | ceiling: style | ceiling: content |",
+        "tell. *recommended*: the settings the style recommends, which a request naming it "
+        "alone gets (`styles/starter/build.py` GENERATION_DEFAULTS, chosen on validation "
+        "prompts: content_guidance_choice.md and content_guidance_guidance1.5.md, kept where "
+        "they held on a second validation set: content_guidance_confirm*.md); *without them*: "
+        f"the same prompts and seeds with content guidance off at guidance {guidance:g}.", "",
+        "| style | style detected | content right | both targets | recommended | "
+        "without them | color judged | false alarms | ceiling: style | ceiling: content |",
         "|---|---:|---:|:-:|:-:|---:|:-:|---:|---:|---:|",
     ]
     calls = {}
     for slug, detected, right, keeps_color, (top_style, top_content) in rows:
         both = {call(detected, args.per_style, 0.8), call(right, args.per_style, 0.7)}
         calls[slug] = "✗" if "✗" in both else "?" if "?" in both else "✓"
-        own = recommended.get(slug, {})
-        guided = (f"{own['content_guidance']:g} on "
-                  f"{own.get('content_guidance_steps', 0.4):.0%}") if own else ""
+        guided = recommended_text(recommended.get(slug, {}))
         without = "{:.2f} / {:.2f}".format(*unguided[slug]) if slug in unguided else ""
         lines.append(f"| {slug} | {detected:.2f} | {right:.2f} | {calls[slug]} | {guided} | "
                      f"{without} | {'✓' if keeps_color else ''} | "
@@ -285,8 +287,9 @@ def main() -> None:
                   f"{args.per_style} images to tell."]
         if unguided:
             plain = [unguided.get(r[0], r[1:3]) for r in rows]
-            lines += ["", "Without the recommended content guidance (content guidance 0 for "
-                      f"all): both targets {sum(a >= 0.8 and b >= 0.7 for a, b in plain)}"
+            met = sum(a >= 0.8 and b >= 0.7 for a, b in plain)
+            lines += ["", "Without the recommended settings (content guidance off, guidance "
+                      f"{guidance:g} for all): both targets {met}"
                       f"/{len(rows)}; mean style {np.mean([a for a, _ in plain]):.3f}, mean "
                       f"content {np.mean([b for _, b in plain]):.3f}."]
     else:

@@ -67,22 +67,27 @@ class LoraUse:
 
 
 # The settings a style may recommend (the starter pack's manifest records them per style:
-# styles/starter/build.py GENERATION_DEFAULTS), and what applies when none is recommended.
-RECOMMENDABLE = {"content_guidance": 0.0, "content_guidance_steps": 0.4}
+# styles/starter/build.py GENERATION_DEFAULTS), and what applies when none is recommended
+# (guidance_scale None: the base model's recommended scale).
+RECOMMENDABLE = {"guidance_scale": None, "content_guidance": 0.0, "content_guidance_steps": 0.4}
 
 
-def recommended_settings(uses: list[LoraUse], settings: dict) -> dict:
+def recommended_settings(uses: list[LoraUse], settings: dict, guidance: float) -> dict:
     """The values of the RECOMMENDABLE settings left as None in `settings`: a style's own when
     its LoRA is the request's only one (a setting chosen for one style says nothing about a
-    blend: fusion_quality_content_guidance*.md), else the defaults. Content guidance stays off
-    where it cannot run: in the modes with their own loop (recipe.CONTENT_GUIDED) and without
-    classifier-free guidance (a guidance scale of 1 or less)."""
+    blend: fusion_quality_content_guidance*.md), else the defaults (`guidance`: the base
+    model's scale). Content guidance stays off where it cannot run: in the modes with their
+    own loop (recipe.CONTENT_GUIDED) and without classifier-free guidance (a scale of 1 or
+    less)."""
     own = (uses[0].recommended or {}) if len(uses) == 1 else {}
-    if settings.get("mode", "merge") not in CONTENT_GUIDED or \
-            settings.get("guidance_scale", 2.0) <= 1:
-        own = {}
-    return {name: own.get(name, default) for name, default in RECOMMENDABLE.items()
-            if settings.get(name) is None}
+    defaults = dict(RECOMMENDABLE, guidance_scale=guidance)
+    chosen = {name: own.get(name, default) for name, default in defaults.items()
+              if settings.get(name) is None}
+    resolved = {**settings, **chosen}
+    if "content_guidance" in chosen and (resolved.get("mode", "merge") not in CONTENT_GUIDED
+                                         or resolved["guidance_scale"] <= 1):
+        chosen["content_guidance"] = 0.0
+    return chosen
 
 
 @dataclass
@@ -139,9 +144,8 @@ class GenerationEngine:
         for side in ("width", "height"):  # the base model's native size unless asked
             if not settings.get(side):
                 settings[side] = self.native_size
-        if settings.get("guidance_scale") is None:  # the base model's recommended scale
-            settings["guidance_scale"] = self.base.guidance_scale
-        settings.update(recommended_settings(uses, settings))
+        # unset: the style's own (one LoRA), else the base model's scale and no content guidance
+        settings.update(recommended_settings(uses, settings, self.base.guidance_scale))
         return Recipe(prompt=prompt, base_model=self.base.source, base_family=self.base.family,
                       scheduler=type(self.base.pipe.scheduler).__name__, loras=loras, **settings)
 

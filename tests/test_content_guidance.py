@@ -148,6 +148,18 @@ def test_a_lora_alone_brings_its_styles_recommended_setting(engine, lora):
     for mode in ("composite", "cmlora"):  # no content guidance there: off, not an error
         assert chosen([alone], mode=mode)[0] == 0.0
     assert chosen([alone], guidance_scale=1.0)[0] == 0.0  # nor without guidance
+    # a style may recommend its guidance scale too: it applies in every mode, unless given
+    low = LoraUse(lora, "c", 1.0, recommended={"guidance_scale": 1.5})
+    unset["guidance_scale"] = None
+    for mode in ("merge", "composite"):
+        assert engine.recipe_for("a star", [low], mode=mode, **unset).guidance_scale == 1.5
+    assert engine.recipe_for("a star", [low], **{**unset, "guidance_scale": 4.0}) \
+        .guidance_scale == 4.0
+    assert engine.recipe_for("a star", [low, plain], **unset).guidance_scale \
+        == engine.base.guidance_scale
+    assert engine.recipe_for("a star", [], **unset).guidance_scale == engine.base.guidance_scale
+    too_low = LoraUse(lora, "d", 1.0, recommended={**own, "guidance_scale": 1.0})
+    assert engine.recipe_for("a star", [too_low], **unset).content_guidance == 0.0
     # what the recipe records is what ran: replaying it needs no recommendation
     guided = _out(engine, [alone], guidance_scale=3.0, content_guidance=None,
                   content_guidance_steps=None)

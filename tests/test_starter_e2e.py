@@ -59,31 +59,38 @@ def test_generate_many_gives_each_requests_own_image_with_a_starter_style():
         service.generate_many([requests[0], GenerateRequest(prompt="a red star", steps=6)])
 
 
-def test_a_starter_style_brings_its_recommended_content_guidance_when_alone():
-    """`--lora SLUG` gets the setting the style recommends (named by slug or by its file);
-    a value given, a blend, or a mode without content guidance gets none."""
+def test_a_starter_style_brings_its_recommended_settings_when_alone():
+    """`--lora SLUG` gets the settings the style recommends (named by slug or by its file);
+    a value given, a blend, or a mode without content guidance gets none of those."""
     from app.service import GenerateRequest, LoraRequest, LoratlasService, ServiceConfig
+    from app.web_views import card_markdown, recommended_text
+    from fusion.base import recommended_guidance
     from styles.starter.build import GENERATION_DEFAULTS
     from styles.starter.looks import STYLES
-    from styles.starter.paths import starter_loras
+    from styles.starter.paths import PIPELINE_DIR, starter_loras
 
     assert GENERATION_DEFAULTS, "no starter style recommends a setting: nothing to test"
-    slug, own = sorted(GENERATION_DEFAULTS.items())[0]
+    slug, own = next((s, o) for s, o in sorted(GENERATION_DEFAULTS.items())
+                     if "guidance_scale" in o and o.get("content_guidance"))
     other = next(s for s in sorted(STYLES) if s not in GENERATION_DEFAULTS)
+    pack = recommended_guidance(PIPELINE_DIR)
     service = LoratlasService(ServiceConfig(device="cpu"))
 
-    def ran(refs, **settings) -> tuple[float, float]:
-        result = service.generate(GenerateRequest(
-            prompt="a red star", loras=[LoraRequest(ref) for ref in refs], steps=3, **settings))
-        return result.recipe["content_guidance"], result.recipe["content_guidance_steps"]
+    def ran(refs, **settings) -> tuple[float, float, float]:
+        recipe = service.generate(GenerateRequest(
+            prompt="a red star", loras=[LoraRequest(ref) for ref in refs], steps=3,
+            **settings)).recipe
+        return recipe["guidance_scale"], recipe["content_guidance"], \
+            recipe["content_guidance_steps"]
 
-    expected = (own["content_guidance"], own.get("content_guidance_steps", 0.4))
+    expected = (own["guidance_scale"], own["content_guidance"], own["content_guidance_steps"])
     assert ran([slug]) == ran([str(starter_loras()[slug])]) == expected
-    assert ran([slug], content_guidance=0.0)[0] == 0.0
-    assert ran([slug, other])[0] == ran([other])[0] == ran([slug], mode="composite")[0] == 0.0
-    from app.web_views import card_markdown  # and its card says so
-
+    assert ran([slug], content_guidance=0.0)[:2] == (own["guidance_scale"], 0.0)
+    assert ran([slug], guidance_scale=3.0)[:2] == (3.0, own["content_guidance"])
+    assert ran([slug, other])[:2] == ran([other])[:2] == (pack, 0.0)
+    assert ran([slug], mode="composite")[:2] == (own["guidance_scale"], 0.0)
+    # and its card says so
     assert service.style_card(slug).recommended == own
     assert not service.style_card(other).recommended
-    assert f"recommends content guidance {own['content_guidance']:g}" in card_markdown(
+    assert f"recommends {recommended_text(own)}" in card_markdown(
         service.style_card(slug).to_json())

@@ -50,12 +50,22 @@ LORA_TUNING: dict[str, dict] = {  # chosen in benchmarks/results/lora_strength_b
 
 
 # Generation settings a style recommends (fusion.engine.RECOMMENDABLE), used when its LoRA is
-# a request's only one and the request leaves them unset. Chosen on validation prompts
-# (benchmarks/results/content_guidance_choice.md, `--choose`: lightning-bolt, line-art,
-# smiley-face and stained-glass) and kept only where the choice held on a second validation
-# set (content_guidance_confirm.md: stained-glass alone). Not training settings: changing
-# them rewrites only the manifest (`loratlas starter build` retrains nothing for them).
+# a request's only one and the request leaves them unset. Chosen on validation prompts, by the
+# best margin to both targets: content guidance at the pack's guidance scale
+# (benchmarks/results/content_guidance_choice.md) and at guidance 1.5
+# (content_guidance_guidance1.5.md); kept only where the pick beat the plain default on a
+# second validation set (content_guidance_confirm.md, content_guidance_confirm_guidance1.5.md:
+# lightning-bolt and crosshatch's did not, nor the first picks for line-art and smiley-face).
+# Not training settings: changing them rewrites only the manifest (`loratlas starter build`
+# retrains nothing for them).
+_LOWER_GUIDANCE = {"guidance_scale": 1.5, "content_guidance_steps": 0.4}
 GENERATION_DEFAULTS: dict[str, dict] = {
+    "arrow": {**_LOWER_GUIDANCE, "content_guidance": 0.5},
+    "line-art": {**_LOWER_GUIDANCE, "content_guidance": 0.5},
+    "mosaic": {**_LOWER_GUIDANCE, "content_guidance": 0.5},
+    "pastel": {"guidance_scale": 1.5},
+    "pixel-art": {**_LOWER_GUIDANCE, "content_guidance": 1.0},
+    "smiley-face": {**_LOWER_GUIDANCE, "content_guidance": 1.0},
     "stained-glass": {"content_guidance": 0.5, "content_guidance_steps": 0.7},
 }
 
