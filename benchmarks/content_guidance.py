@@ -101,13 +101,16 @@ def main() -> None:
     jobs += [(slug, weight, scale, share) for slug, weight in stronger.items()
              for scale, share in settings]
     started = time.time()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=context,
-                             initializer=_start_worker) as pool:
-        rows = list(pool.map(_job, *zip(*jobs, strict=True), [args.prompts] * len(jobs),
-                             [0] * len(jobs), [args.guidance] * len(jobs)))
+    rows = run_jobs([(*job, args.prompts, 0, args.guidance) for job in jobs], args.workers)
     minutes = (time.time() - started) / 60
     write(args, settings, slugs, stronger, rows, minutes)
+
+
+def run_jobs(jobs: list[tuple], workers: int) -> list[tuple]:
+    """`_job(*job)` for each job, in order, on `workers` processes of one thread each."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+        return list(pool.map(_job, *zip(*jobs, strict=True)))
 
 
 def confirm(args) -> None:
@@ -120,13 +123,8 @@ def confirm(args) -> None:
     jobs = [(slug, 0.0, 0.4, None) for slug in chosen]
     jobs += [(slug, scale, share, args.guidance) for slug, (scale, share) in chosen.items()]
     started = time.time()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=context,
-                             initializer=_start_worker) as pool:
-        rows = list(pool.map(_job, [j[0] for j in jobs], [1.0] * len(jobs),
-                             [j[1] for j in jobs], [j[2] for j in jobs],
-                             [args.prompts] * len(jobs), [1] * len(jobs),
-                             [j[3] for j in jobs]))
+    rows = run_jobs([(slug, 1.0, scale, share, args.prompts, 1, guidance)
+                     for slug, scale, share, guidance in jobs], args.workers)
     base = {row[0]: row[4:6] for row in rows[:len(chosen)]}
     picked = {row[0]: row[4:6] for row in rows[len(chosen):]}
     setting = f" at guidance {args.guidance:g}" if args.guidance else ""
