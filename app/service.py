@@ -200,11 +200,14 @@ class LoratlasService:
     @property
     def library(self) -> StyleLibrary:
         """The library folder (catalog, blobs, indexes, atlas), opened and recovered once;
-        seeded with the starter styles when the starter base is in use."""
+        seeded with the starter styles when the starter base is in use. What another process
+        sharing the folder changed since is loaded here (`StyleLibrary.refresh`)."""
         with self._library_lock:
             if self._library is None:
                 self._library = self._open_library()
-            return self._library
+            library = self._library
+        library.refresh()
+        return library
 
     @staticmethod
     def cache_dir() -> Path:

@@ -5,6 +5,11 @@ thumbnails, index entries and atlas point written before it are garbage until th
 and `open` sweeps such garbage away (blobs no row names, index ids with no row) and re-derives
 what a committed row lacks (index entries, atlas points). So a crash or `kill -9` at any point
 leaves, after restart, either the whole entry or no trace of it.
+
+Several processes may share one folder (a server and the CLI, or two server workers). Writers
+queue on a lock file beside the catalog, and each write section first loads what another
+process changed since (the indexes and the map live in memory) and ends by stamping the folder
+with a new generation; readers reload when they see a new stamp and no writer is busy.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from app.library import PROBE_PROMPTS, ViewCache, probe_images, to_array, unit
 from fusion.engine import GenerationEngine
@@ -41,6 +49,7 @@ INGEST_STEPS = ("validated", "stored", "rendered", "embedded", "indexed", "commi
 IMAGE_FAMILIES = ("sd1", "sd2", "sdxl", "flux", "starter")
 NEAR_DUPLICATE_COSINE = 0.999
 FINGERPRINT = "fingerprint"
+LOCK_FILE, GENERATION_FILE = "library.lock", "library.generation"
 
 
 class IngestRefused(Exception):
@@ -83,7 +92,8 @@ def crash_point(step: str) -> None:
 
 class StyleLibrary:
     """One library folder: `catalog.sqlite`, `blobs/`, `index/<embedder>-<base>/<view>/`,
-    `atlas-<embedder>-<base>.json`. Writers are serialised by one lock."""
+    `atlas-<embedder>-<base>.json`. Writers are serialised by `writing()`, across threads and
+    processes."""
 
     def __init__(self, folder: Path, parts: LibraryParts) -> None:
         self.folder = Path(folder)
@@ -95,16 +105,83 @@ class StyleLibrary:
         self.index_dir = self.folder / "index" / key
         self.atlas_path = self.folder / f"atlas-{key}.json"
         self._lock = threading.RLock()
+        self._folder_lock = FileLock(self.folder / LOCK_FILE)
+        self._depth, self._seen, self._changed = 0, None, False
         self._loras: dict[str, LoraFile] = {}
         self.recovered: list[str] = []
-        with self._lock:
-            self.retriever = StyleRetriever(
-                parts.embedder, {}, StyleRetriever.load_indexes(self.index_dir,
-                                                                parts.embedder.version),
-                parts.calibration or Calibration({}, {}))
-            self.fingerprints = self._load_fingerprints()
-            self.atlas = self._load_atlas()
+        with self.writing():  # loads the folder, then makes it consistent with the catalog
             self._recover()
+
+    # -- sharing the folder ----------------------------------------------------------------
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the library for a change: other threads and processes wait. Entering loads
+        what another process wrote since this one last looked; leaving stamps a new generation
+        if anything was saved. Re-entrant."""
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._folder_lock.acquire()
+            self._depth += 1
+            try:
+                if outer:
+                    self._catch_up()
+                yield
+            finally:
+                self._depth -= 1
+                if outer:
+                    try:
+                        if self._changed:
+                            self._stamp()
+                    finally:
+                        self._folder_lock.release()
+
+    def refresh(self) -> bool:
+        """Load another process's changes if there are any and no writer is busy now (never
+        waits: a busy folder is read as this process last saw it). True if it reloaded."""
+        if self._generation() == self._seen or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._depth:  # this thread is inside a write section
+                return False
+            try:
+                self._folder_lock.acquire(timeout=0)
+            except TimeoutError:
+                return False
+            try:
+                return self._catch_up()
+            finally:
+                self._folder_lock.release()
+        finally:
+            self._lock.release()
+
+    def _generation(self) -> str:
+        try:
+            return (self.folder / GENERATION_FILE).read_text()
+        except FileNotFoundError:
+            return ""
+
+    def _catch_up(self) -> bool:
+        seen = self._generation()
+        if seen == self._seen:
+            return False
+        self.retriever = StyleRetriever(
+            self.parts.embedder, {}, StyleRetriever.load_indexes(
+                self.index_dir, self.parts.embedder.version),
+            self.parts.calibration or Calibration({}, {}))
+        for entry in self.catalog.list():
+            self.retriever.records[entry.id] = self._record(entry)
+        self.fingerprints = self._load_fingerprints()
+        self.atlas = self._load_atlas()
+        self._seen, self._changed = seen, False
+        return True
+
+    def _stamp(self) -> None:
+        stamp = uuid.uuid4().hex
+        tmp = self.folder / f"{GENERATION_FILE}.tmp"
+        tmp.write_text(stamp)
+        tmp.replace(self.folder / GENERATION_FILE)
+        self._seen, self._changed = stamp, False
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -147,7 +224,7 @@ class StyleLibrary:
         # 1. validate (bytes, format, family, shapes against the base it is for)
         lora = self._validate(path, shown)
         crash_point("validated")
-        with self._lock:
+        with self.writing():
             existing = self.catalog.by_sha256(lora.sha256)
             if existing is not None:
                 return IngestResult(None, duplicate_of=existing.id,
@@ -277,7 +354,7 @@ class StyleLibrary:
     # -- manage ----------------------------------------------------------------------------
     def edit(self, style_id: str, **changes) -> StyleEntry:
         """Edit name, tags, description or trigger words; the metadata view follows."""
-        with self._lock:
+        with self.writing():
             entry = self.catalog.get(style_id)
             merged = {"name": entry.name, "description": entry.description, "tags": entry.tags,
                       "trigger_words": entry.trigger_words, **changes}
@@ -295,7 +372,7 @@ class StyleLibrary:
 
     def remove(self, style_id: str) -> None:
         """Delete the row first (the commit point), then its blobs, index entries, map point."""
-        with self._lock:
+        with self.writing():
             entry = self.catalog.remove(style_id)
             self.retriever.remove_style(style_id)
             if style_id in self.fingerprints:
@@ -368,6 +445,7 @@ class StyleLibrary:
             return StyleIndex(256, "fingerprint-v1")
 
     def _save_indexes(self) -> None:
+        self._changed = True
         self.retriever.save(self.index_dir)
         self.fingerprints.save(self.index_dir / FINGERPRINT)
 
@@ -409,11 +487,12 @@ class StyleLibrary:
         """Lay out the whole map and find its clusters again, from every style. Placing a style
         moves nothing else, so after many placements (seeding a library one style at a time)
         the clusters are still those of the first few styles until this runs."""
-        entries = entries if entries is not None else {e.id: e for e in self.catalog.list()}
-        vectors = {i: v for i in entries if (v := self.style_vector(i)) is not None}
-        self.atlas = AtlasLayout.fit(vectors, {i: entries[i].tags for i in vectors})
-        if save:
-            self._save_atlas()
+        with self.writing():
+            entries = entries if entries is not None else {e.id: e for e in self.catalog.list()}
+            vectors = {i: v for i in entries if (v := self.style_vector(i)) is not None}
+            self.atlas = AtlasLayout.fit(vectors, {i: entries[i].tags for i in vectors})
+            if save:
+                self._save_atlas()
 
     def _place(self, entry: StyleEntry, save: bool = True) -> None:
         vector = self.style_vector(entry.id)
@@ -430,6 +509,7 @@ class StyleLibrary:
             self._save_atlas()
 
     def _save_atlas(self) -> None:
+        self._changed = True
         tmp = self.atlas_path.with_name(self.atlas_path.name + ".tmp")
         tmp.write_text(self.atlas.to_json())
         tmp.replace(self.atlas_path)
@@ -445,25 +525,27 @@ def metadata_text(name: str | None, description: str | None, tags, trigger_words
 def seed_from_starter(library: StyleLibrary, loras: dict[str, Path], views: ViewCache,
                       thumbnails_dir: Path, profiles: dict[str, list[float]] | None = None
                       ) -> int:
-    """Add the starter styles (shipped thumbnails and view vectors; nothing is rendered)."""
+    """Add the starter styles (shipped thumbnails and view vectors; nothing is rendered), as
+    one write: a second process opening the same new library waits, then finds them there."""
     added = 0
-    for slug, path in sorted(loras.items()):
-        sha = _sha256(path)
-        if library.catalog.by_sha256(sha) is not None:
-            continue
-        if slug in library.catalog and library.catalog.get(slug).source == "starter":
-            library.remove(slug)  # the pack was rebuilt: its styles follow it
-        shipped = sorted(thumbnails_dir.glob(f"{slug}-*.png"))
-        vectors = {view: v for view in ("metadata", "probes")
-                   if (v := views.get(view, sha)) is not None}
-        complete = shipped and "probes" in vectors
-        library.ingest(path, "starter", path.name,
-                       thumbnails=[p.read_bytes() for p in shipped] if complete else None,
-                       views=vectors if complete else None,
-                       slug=slug, frequency=(profiles or {}).get(slug))
-        added += 1
-    if added:  # each was placed beside the first three: draw the map once from all of them
-        library.refit_atlas()
+    with library.writing():
+        for slug, path in sorted(loras.items()):
+            sha = _sha256(path)
+            if library.catalog.by_sha256(sha) is not None:
+                continue
+            if slug in library.catalog and library.catalog.get(slug).source == "starter":
+                library.remove(slug)  # the pack was rebuilt: its styles follow it
+            shipped = sorted(thumbnails_dir.glob(f"{slug}-*.png"))
+            vectors = {view: v for view in ("metadata", "probes")
+                       if (v := views.get(view, sha)) is not None}
+            complete = shipped and "probes" in vectors
+            library.ingest(path, "starter", path.name,
+                           thumbnails=[p.read_bytes() for p in shipped] if complete else None,
+                           views=vectors if complete else None,
+                           slug=slug, frequency=(profiles or {}).get(slug))
+            added += 1
+        if added:  # each was placed beside the first three: draw the map once from all
+            library.refit_atlas()
     return added
 
 

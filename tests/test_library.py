@@ -205,6 +205,60 @@ service.upload([sys.argv[3]])
 """
 
 
+def _run_script(script: str, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _consistent(library) -> list[str]:
+    """The library's ids, after checking that the map, the fingerprints and the probes view
+    hold exactly those, and the other views no others (a style may lack one)."""
+    ids = sorted(library.catalog.ids())
+    assert sorted(library.retriever.indexes["probes"].ids()) == ids
+    assert all(set(index.ids()) <= set(ids) for index in library.retriever.indexes.values())
+    assert sorted(library.fingerprints.ids()) == ids and sorted(library.atlas.ids) == ids
+    return ids
+
+
+OPENING_STARTER = """
+from app.service import LoratlasService, ServiceConfig
+print(len(LoratlasService(ServiceConfig(device="cpu")).library.catalog.ids()), flush=True)
+"""
+
+
+@pytest.mark.skipif(not starter_available(), reason="the starter pack is not built")
+def test_two_processes_opening_one_new_library_at_once_both_find_every_style(tmp_path,
+                                                                              monkeypatch):
+    """A server and a CLI command started together on a fresh install both seed the
+    library: one waits for the other and finds the styles there."""
+    monkeypatch.setenv("LORATLAS_HOME", str(tmp_path / "home"))
+    opening = [_run_script(OPENING_STARTER) for _ in range(2)]
+    for run in opening:
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr[-2000:]
+        assert stdout.split() == [str(len(starter_loras()))]
+    library = LoratlasService(ServiceConfig(device="cpu")).library
+    assert library.recovered == []  # nothing half-written, no index entry lost
+    assert len(_consistent(library)) == len(starter_loras())
+
+
+def test_what_another_process_adds_is_seen_here_and_survives_this_ones_writes(
+        service, files, tiny_pipeline_dir, tmp_path):
+    library_dir = tmp_path / "library"
+    service.upload([files["style0"]])  # this process has the folder's indexes in memory
+    other = _run_script(CRASHING_INGEST, tiny_pipeline_dir, library_dir, files["style1"])
+    stdout, stderr = other.communicate(timeout=300)
+    assert other.returncode == 0 and "opened" in stdout, stderr[-2000:]
+    assert "style-1" in service.library.retriever.indexes["probes"]  # reloaded on next use
+    assert "style-1" in service.library.atlas  # and on this process's map
+    service.upload([files["style2"]])  # saves this process's indexes over the folder's
+    assert _consistent(service.library) == ["style-0", "style-1", "style-2"]
+    reopened = _service(tiny_pipeline_dir, library_dir).library
+    assert reopened.recovered == []
+    assert _consistent(reopened) == ["style-0", "style-1", "style-2"]
+
+
 @pytest.mark.parametrize("step", INGEST_STEPS)
 def test_a_crash_at_any_ingest_step_leaves_all_or_nothing(step, tiny_pipeline_dir, files,
                                                          tmp_path):
