@@ -12,6 +12,12 @@ measured there. Judged as starter_quality.py judges (guidance 2, 20 DPM-Solver s
         --styles arrow,... --choose --prompts 48 --out benchmarks/results/content_guidance_choice.md
         (each scale at each share; --choose picks each style's setting, which
         styles/starter/build.py GENERATION_DEFAULTS ships)
+    .venv/bin/python benchmarks/content_guidance.py --scales 0.5,1 --share 0.4,0.7 \\
+        --guidance 1.25,1.5 --styles arrow,... --choose --prompts 48 --out ...
+        (each guidance scale with each content-guidance setting)
+    .venv/bin/python benchmarks/content_guidance.py --confirm arrow:0.5:0.4:1.25,... \\
+        --against shipped --part 2 --prompts 48 --out ...
+        (each pick against what the style ships now, on a fresh validation set)
     .venv/bin/python benchmarks/content_guidance.py --sheet smiley-face:1.167,chalkboard:1
         (only docs/content_guidance.png: 4 validation prompts per row, at each scale)
 """
@@ -48,15 +54,15 @@ def _start_worker() -> None:
 
 def _job(slug: str, weight: float, scale: float, share: float, n: int, part: int = 0,
          guidance: float | None = None) -> tuple:
-    """(slug, weight, scale, share, style detected, content right, seconds per image);
-    `guidance`: the classifier-free guidance scale (None: the pack's, 2)."""
+    """(slug, weight, guidance, scale, share, style detected, content right, seconds per
+    image); `guidance`: the classifier-free guidance scale (None: the pack's, 2)."""
     service, judges = _worker
     started = time.time()
     cases, images = validation_images(service, slug, slug, n, weight, part,
                                       content_guidance=scale, content_guidance_steps=share,
                                       guidance_scale=guidance)
     seconds = (time.time() - started) / n
-    return (slug, weight, scale, share,
+    return (slug, weight, guidance, scale, share,
             *verdicts(judges, slug, images_as_array(images), cases), seconds)
 
 
@@ -73,15 +79,22 @@ def main() -> None:
                         help="share of the steps, or several (0.2,0.4,0.7): each with each scale")
     parser.add_argument("--choose", action="store_true",
                         help="also choose each style's setting: the best margin to both targets")
-    parser.add_argument("--confirm", metavar="SLUG:SCALE:SHARE,...",
-                        help="only these settings and off, on the second validation set (other "
-                        "prompts and seeds than the grid's): does each choice hold?")
+    parser.add_argument("--confirm", metavar="SLUG:SCALE:SHARE[:GUIDANCE],...",
+                        help="only these settings and a baseline (--against), on another "
+                        "validation set (--part): does each choice hold?")
+    parser.add_argument("--against", choices=("plain", "shipped"), default="plain",
+                        help="--confirm's baseline: content guidance off at guidance 2, or "
+                        "what the style recommends now (GENERATION_DEFAULTS)")
+    parser.add_argument("--part", type=int,
+                        help="validation set (lora_strength.validation_images): 0 for the "
+                        "grid, 1 for --confirm unless given")
     parser.add_argument("--stronger", default="",
                         help="slug:weight,...: these styles also at that LoRA weight")
     parser.add_argument("--styles", default="all")
     parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--guidance", type=float,
-                        help="classifier-free guidance scale (default: the pack's, 2)")
+    parser.add_argument("--guidance",
+                        help="classifier-free guidance scale, or several (1.25,1.5): each with "
+                        "each content-guidance setting (default: the pack's, 2)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--sheet", help="slug:weight,...: draw docs/content_guidance.png only")
@@ -96,12 +109,12 @@ def main() -> None:
         return
     slugs = sorted(STYLES) if args.styles == "all" else args.styles.split(",")
     stronger = dict(weighted(args.stronger))
-    settings = settings_grid(scales, shares)
-    jobs = [(slug, 1.0, scale, share) for slug in slugs for scale, share in settings]
-    jobs += [(slug, weight, scale, share) for slug, weight in stronger.items()
-             for scale, share in settings]
+    settings = settings_grid(guidances(args.guidance), scales, shares)
+    weights = [(slug, 1.0) for slug in slugs] + list(stronger.items())
+    jobs = [(slug, weight, scale, share, args.prompts, args.part or 0, guidance)
+            for slug, weight in weights for guidance, scale, share in settings]
     started = time.time()
-    rows = run_jobs([(*job, args.prompts, 0, args.guidance) for job in jobs], args.workers)
+    rows = run_jobs(jobs, args.workers)
     minutes = (time.time() - started) / 60
     write(args, settings, slugs, stronger, rows, minutes)
 
@@ -113,41 +126,71 @@ def run_jobs(jobs: list[tuple], workers: int) -> list[tuple]:
         return list(pool.map(_job, *zip(*jobs, strict=True)))
 
 
+def guidances(text: str | None) -> list[float | None]:
+    """--guidance as a list (None: the pack's scale, 2)."""
+    return [float(g) for g in text.split(",")] if text else [None]
+
+
+def setting_name(guidance: float | None, scale: float, share: float) -> str:
+    return ((f"{scale:g} on {share:.0%}" if scale else "off")
+            + (f" at guidance {guidance:g}" if guidance else ""))
+
+
+def shipped(slug: str) -> tuple[float | None, float, float]:
+    """(guidance, scale, share) a request naming the style alone gets now."""
+    from styles.starter.build import GENERATION_DEFAULTS
+
+    chosen = GENERATION_DEFAULTS.get(slug, {})
+    return (chosen.get("guidance_scale"), chosen.get("content_guidance", 0.0),
+            chosen.get("content_guidance_steps", 0.4))
+
+
 def confirm(args) -> None:
-    """Each chosen setting (at `--guidance`) against what a request gets without one (content
-    guidance off at the pack's guidance scale) on validation part 1
-    (lora_strength.validation_images): a choice holds where its margin to both targets beats
-    the baseline's there too."""
-    chosen = {slug: (float(scale), float(share)) for slug, scale, share in
-              (item.split(":") for item in args.confirm.split(",") if item)}
-    jobs = [(slug, 0.0, 0.4, None) for slug in chosen]
-    jobs += [(slug, scale, share, args.guidance) for slug, (scale, share) in chosen.items()]
+    """Each chosen setting against a baseline (`--against`: content guidance off at the
+    pack's guidance scale, or what the style ships now) on another validation set than the
+    grid's (`--part`, 1 unless given; lora_strength.validation_images): a choice holds where
+    its margin to both targets beats the baseline's there too."""
+    default = guidances(args.guidance)[0]
+    chosen = {}
+    for item in (item for item in args.confirm.split(",") if item):
+        slug, scale, share, *guidance = item.split(":")
+        chosen[slug] = (float(guidance[0]) if guidance else default, float(scale), float(share))
+    base_settings = {slug: shipped(slug) if args.against == "shipped" else (None, 0.0, 0.4)
+                     for slug in chosen}
+    part = 1 if args.part is None else args.part
+    jobs = [(slug, 1.0, scale, share, args.prompts, part, guidance)
+            for settings in (base_settings, chosen)
+            for slug, (guidance, scale, share) in settings.items()]
     started = time.time()
-    rows = run_jobs([(slug, 1.0, scale, share, args.prompts, 1, guidance)
-                     for slug, scale, share, guidance in jobs], args.workers)
-    base = {row[0]: row[4:6] for row in rows[:len(chosen)]}
-    picked = {row[0]: row[4:6] for row in rows[len(chosen):]}
-    setting = f" at guidance {args.guidance:g}" if args.guidance else ""
+    rows = run_jobs(jobs, args.workers)
+    base = {row[0]: row[5:7] for row in rows[:len(chosen)]}
+    picked = {row[0]: row[5:7] for row in rows[len(chosen):]}
+    baseline = ("what the style recommends now (`GENERATION_DEFAULTS`; content guidance off at "
+                "the pack's guidance scale 2 for a style with no recommendation)"
+                if args.against == "shipped" else
+                "what a request gets without one (content guidance off, the pack's guidance "
+                "scale 2)")
     lines = [
         "# Content guidance: do the chosen settings hold on other validation prompts?", "",
         machine_line(),
         f"Command: `.venv/bin/python benchmarks/content_guidance.py --confirm {args.confirm} "
-        + (f"--guidance {args.guidance:g} " if args.guidance else "") +
+        + (f"--guidance {args.guidance} " if args.guidance else "")
+        + (f"--against {args.against} " if args.against != "plain" else "")
+        + (f"--part {args.part} " if args.part is not None else "") +
         f"--prompts {args.prompts} --workers {args.workers} --out {args.out}` "
         f"({(time.time() - started) / 60:.0f} min)", "",
-        f"Each style's setting as `--choose` picked it{setting}, against what a request gets "
-        "without one (content guidance off, the pack's guidance scale 2), on "
-        f"{args.prompts} validation prompts and seeds of a second set "
-        "(`validation_images(part=1)`: other scenes and seeds than the grid's, none of "
+        f"Each style's setting as `--choose` picked it, against {baseline}, on "
+        f"{args.prompts} validation prompts and seeds of another set than the grid's "
+        f"(`validation_images(part={part})`: other scenes and seeds, none of "
         "starter_quality's held-out ones). A choice holds where its margin to both targets "
         f"(min(style / {TARGETS[0]:.2f}, content / {TARGETS[1]:.2f})) beats the baseline's. "
         "Style detected / content right.", "",
-        "| style | setting | without | with it | margin: without → with it | holds |",
-        "|---|---|---:|---:|---:|:-:|"]
-    for slug, (scale, share) in chosen.items():
+        "| style | setting | baseline | without | with it | margin: without → with it | holds |",
+        "|---|---|---|---:|---:|---:|:-:|"]
+    for slug, setting in chosen.items():
         off, on = base[slug], picked[slug]
-        name = (f"{scale:g} on {share:.0%}" if scale else "off") + setting
-        lines.append(f"| {slug} | {name} | {off[0]:.2f} / {off[1]:.2f} | "
+        lines.append(f"| {slug} | {setting_name(*setting)} | "
+                     f"{setting_name(*base_settings[slug])} | {off[0]:.2f} / {off[1]:.2f} | "
                      f"{on[0]:.2f} / {on[1]:.2f} | {margin(*off):.3f} → {margin(*on):.3f} | "
                      f"{'✓' if margin(*on) > margin(*off) else '✗'} |")
     with open(args.out, "w") as out:
@@ -155,16 +198,22 @@ def confirm(args) -> None:
     print("\n".join(lines))
 
 
-def settings_grid(scales: list[float], shares: list[float]) -> list[tuple[float, float]]:
-    """(scale, share) pairs: off once (its share does nothing), then each scale at each share."""
-    return [(0.0, shares[0])] + [(scale, share) for share in shares for scale in scales if scale]
+def settings_grid(guidances: list[float | None], scales: list[float],
+                  shares: list[float]) -> list[tuple[float | None, float, float]]:
+    """(guidance, scale, share) triples: at each guidance scale, off once (its share does
+    nothing), then each scale at each share."""
+    return [setting for guidance in guidances for setting in
+            [(guidance, 0.0, shares[0])]
+            + [(guidance, scale, share) for share in shares for scale in scales if scale]]
 
 
-def choose(got: dict, slug: str, settings: list[tuple[float, float]]) -> tuple[float, float]:
-    """The (scale, share) with the best margin to both targets (lora_strength.margin) on the
-    style's validation prompts at weight 1; ties go to off, then the smaller scale and share
-    (the setting changing the least)."""
-    return max(settings, key=lambda s: (margin(*got[(slug, 1.0, *s)][:2]), -s[0], -s[1]))
+def choose(got: dict, slug: str, settings: list) -> tuple[float | None, float, float]:
+    """The (guidance, scale, share) with the best margin to both targets
+    (lora_strength.margin) on the style's validation prompts at weight 1; ties go to off, then
+    the smaller scale and share, then the guidance nearer the pack's 2 (the setting changing
+    the least)."""
+    return max(settings, key=lambda s: (margin(*got[(slug, 1.0, *s)][:2]), -s[1], -s[2],
+                                        -abs((s[0] or 2) - 2)))
 
 
 def sheet(rows: list[tuple[str, float]], scales: list[float], share: float, path,
@@ -199,20 +248,22 @@ def sheet(rows: list[tuple[str, float]], scales: list[float], share: float, path
 
 
 def write(args, settings, slugs, stronger, rows, minutes) -> None:
-    got = {(slug, weight, scale, share): (style, content, seconds)
-           for slug, weight, scale, share, style, content, seconds in rows}
-    several = len({share for _, share in settings}) > 1
+    got = {(slug, weight, guidance, scale, share): (style, content, seconds)
+           for slug, weight, guidance, scale, share, style, content, seconds in rows}
+    several = len({share for _, _, share in settings}) > 1
+    several_guidance = len({guidance for guidance, _, _ in settings}) > 1
 
     def cell(key) -> str:
         style, content, _ = got[key]
         return f"{style:.2f} / {content:.2f}" + (" ✓" if meets(style, content) else "")
 
-    def head(scale: float, share: float) -> str:
-        return "off" if scale == 0 else f"scale {scale:g}" + (f" on {share:.0%}" if several
+    def head(guidance: float | None, scale: float, share: float) -> str:
+        name = "off" if scale == 0 else f"scale {scale:g}" + (f" on {share:.0%}" if several
                                                                else "")
+        return (f"g {guidance or 2:g}: " if several_guidance else "") + name
 
     heads = [head(*s) for s in settings]
-    scales = sorted({scale for scale, _ in settings if scale})
+    scales = sorted({scale for _, scale, _ in settings if scale})
     lines = [
         "# Content guidance on the starter style LoRAs", "", machine_line(),
         f"Command: `.venv/bin/python benchmarks/content_guidance.py --scales "
@@ -220,7 +271,8 @@ def write(args, settings, slugs, stronger, rows, minutes) -> None:
         + (f" --stronger {args.stronger}" if args.stronger else "")
         + (f" --styles {args.styles}" if args.styles != "all" else "")
         + (" --choose" if args.choose else "")
-        + (f" --guidance {args.guidance:g}" if args.guidance else "")
+        + (f" --guidance {args.guidance}" if args.guidance else "")
+        + (f" --part {args.part}" if args.part is not None else "")
         + f" --prompts {args.prompts} --workers {args.workers}"
         + (f" --out {args.out}" if args.out != DEFAULT_OUT else "") + f"` ({minutes:.0f} min)",
         "",
@@ -228,9 +280,12 @@ def write(args, settings, slugs, stronger, rows, minutes) -> None:
         "at the given scale over the first share of the steps "
         f"(`fusion/content_guidance.py`; {args.share} here). Each style's shipped file at "
         f"weight 1 (the strength it carries), {args.prompts} validation prompts per style "
-        f"(the seeds lora_strength.py chose the strengths on, from {VALIDATION_SEED}: so the "
-        "*off* column is optimistic, and starter_quality.md measures the same files on "
-        f"held-out prompts), guidance {args.guidance or 2:g}, 20 DPM-Solver steps. Each cell: "
+        + ("(the seeds lora_strength.py chose the strengths on, from "
+           f"{VALIDATION_SEED}: so the *off* column is optimistic, "
+           if not args.part else f"(validation set {args.part}: other scenes and seeds than "
+           "the ones lora_strength.py chose the strengths on; ")
+        + "starter_quality.md measures the same files on "
+        f"held-out prompts), guidance {args.guidance or 2}, 20 DPM-Solver steps. Each cell: "
         "style detected / "
         "content right (shape, and color where the style keeps it); ✓ where both targets are "
         f"met (style ≥ {TARGETS[0]:.2f}, content ≥ {TARGETS[1]:.2f}). One prompt is "
@@ -251,18 +306,19 @@ def write(args, settings, slugs, stronger, rows, minutes) -> None:
         lines += ["", "## Chosen per style", "",
                   "The setting with the best margin to both targets, min(style / "
                   f"{TARGETS[0]:.2f}, content / {TARGETS[1]:.2f}); ties go to off, then to the "
-                  "smaller scale and share. As `styles/starter/build.py` "
-                  "GENERATION_DEFAULTS records it (`content_guidance`, "
-                  "`content_guidance_steps`):", "",
+                  "smaller scale and share, then the guidance nearer 2. As "
+                  "`styles/starter/build.py` GENERATION_DEFAULTS records it (`guidance_scale`, "
+                  "`content_guidance`, `content_guidance_steps`):", "",
                   "| style | chosen | figures | off |", "|---|---|---:|---:|"]
         tuning = {}
         for slug in slugs:
-            scale, share = choose(got, slug, settings)
-            if scale:
-                tuning[slug] = {"content_guidance": scale, "content_guidance_steps": share}
-            lines.append(f"| {slug} | {head(scale, share) if scale else 'off'} | "
-                         f"{cell((slug, 1.0, scale, share))} | "
+            picked = guidance, scale, share = choose(got, slug, settings)
+            tuning[slug] = ({"guidance_scale": guidance} if guidance else {}) | (
+                {"content_guidance": scale, "content_guidance_steps": share} if scale else {})
+            lines.append(f"| {slug} | {setting_name(*picked)} | "
+                         f"{cell((slug, 1.0, *picked))} | "
                          f"{cell((slug, 1.0, *settings[0]))} |")
+        tuning = {slug: chosen for slug, chosen in tuning.items() if chosen}
         lines += ["", f"`{tuning}`"]
     if stronger:
         lines += ["", "## At a higher LoRA weight", "",

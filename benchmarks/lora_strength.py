@@ -66,17 +66,19 @@ WORK = ROOT / ".cache" / "lora_strength"
 def validation_images(service, slug: str, ref: str, n: int, weight: float = 1.0,
                       part: int = 0, **settings) -> tuple[list, list]:
     """(cases, images): the LoRA `ref` (a file or a slug) at `weight` on `slug`'s n validation
-    prompts and seeds, through the service as starter_quality renders; `part` 1: a second
-    validation set (other scenes and seeds, n ≤ 500), to confirm what part 0 chose; `settings`:
+    prompts and seeds, through the service as starter_quality renders; `part` 1, 2, ...: further
+    validation sets (other scenes and seeds, n ≤ 500), to confirm what part 0 chose; `settings`:
     other GenerateRequest fields (content guidance off unless given: the strength is the
     file's alone, whatever the style recommends)."""
     from starter_quality import generate, scenes
 
     settings.setdefault("content_guidance", 0.0)
-    cases = scenes(n, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1) + 500 * part,
+    # parts 0 and 1 sit in each style's 1000 seeds; later ones 40_000 apart beyond all styles'
+    offset = 500 * part if part < 2 else 40_000 * (part - 1)
+    cases = scenes(n, VALIDATION_SEED + 1000 * (sorted(STYLES).index(slug) + 1) + offset,
                    background=False)
     return cases, generate(service, [prompt for prompt, _, _ in cases],
-                           [VALIDATION_SEED + 500 * part + i for i in range(n)], [ref],
+                           [VALIDATION_SEED + offset + i for i in range(n)], [ref],
                            guidance=settings.pop("guidance_scale", None), weight=weight,
                            **settings)
 
