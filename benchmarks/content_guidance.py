@@ -185,7 +185,8 @@ def confirm(args) -> None:
         "starter_quality's held-out ones). A choice holds where its margin to both targets "
         f"(min(style / {TARGETS[0]:.2f}, content / {TARGETS[1]:.2f})) beats the baseline's. "
         "Style detected / content right.", "",
-        "| style | setting | baseline | without | with it | margin: without → with it | holds |",
+        "| style | setting | baseline | baseline: figures | setting: figures "
+        "| margin: baseline → setting | holds |",
         "|---|---|---|---:|---:|---:|:-:|"]
     for slug, setting in chosen.items():
         off, on = base[slug], picked[slug]
