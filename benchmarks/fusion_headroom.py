@@ -7,13 +7,17 @@ held-out 2- and 3-style prompts under a family of such choices, each the same fo
 - step schedules (keyframes over the 20 steps: late starts, an early-strong ramp);
 - module kinds (only the attention layers, all but the resnets, all but the feed-forward
   layers, only the resnets: a per-layer gate of 0 or 1);
+- staggered step schedules, the one choice that differs between the LoRAs: ordered by the
+  high-frequency share of their profiles (fusion.frequency), each LoRA leads its own share of
+  the steps (*windows*), or joins at its share and stays (*joining*);
 and reports each choice, plus the *hindsight oracle*: a prompt counts as solved when any of
 those choices solves it (a per-prompt choice no gate network could beat within this family,
 since it is picked after seeing the judges' verdict). One row changes the prompt instead of the
 weights: the LoRAs merged at 1.0 on the scene's plain caption, with no style words at all
 (what is left when the base is spared the style descriptions it never learned to read).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_headroom.py [--per-k 40]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_headroom.py [--per-k 40] \\
+        [--choices "merge (flat 1.0);windows, low frequency first"] [--out FILE]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from common import RESULTS, machine_line
 from fusion_quality import SEED, Bench, cases, held_out_sets
 
 from fusion.engine import LoraUse
+from fusion.frequency import high_frequency_score
 
 WEIGHTS = {"merge (flat 1.0)": 1.0, "flat 0.7": 0.7, "flat 1.3": 1.3}
 SCHEDULES = {"late start 0→1→1": [0, 1, 1], "late start 0.3→1→1": [0.3, 1, 1],
@@ -39,12 +44,35 @@ MODULES = {"attention layers only": lambda t: ".attn1." in t or ".attn2." in t,
            "all but resnets": lambda t: ".resnets." not in t,
            "all but feed-forward": lambda t: ".ff." not in t,
            "resnets only": lambda t: ".resnets." in t}
+STAGGERED = {"windows, low frequency first": ("window", False),
+             "windows, high frequency first": ("window", True),
+             "joining, low frequency first": ("join", False),
+             "joining, high frequency first": ("join", True)}
 PLAIN_PROMPT = "merge on the plain caption (no style words)"
+
+
+def staggered(n: int, place: int, kind: str) -> list[float]:
+    """Keyframes (two per LoRA) for the LoRA at `place` of n: 1 over its own share of the
+    steps (window) or from its share to the end (join), else 0."""
+    frames = [0.0] * (2 * n)
+    end = 2 * place + 2 if kind == "window" else 2 * n
+    frames[2 * place:end] = [1.0] * (end - 2 * place)
+    return frames
+
+
+def frequency_places(bench: Bench, styles: list[str], high_first: bool) -> dict[str, int]:
+    """Each style's place when ordered by the high-frequency share of its profile."""
+    score = {s: high_frequency_score(bench.loras[s][1]) for s in styles}
+    ordered = sorted(styles, key=lambda s: score[s], reverse=high_first)
+    return {s: ordered.index(s) for s in styles}
 
 
 def uses_for(bench: Bench, case: dict, choice: str) -> tuple[list[LoraUse], str]:
     """The LoRAs of a case under one choice, and the mode that applies it."""
     uses = []
+    if choice in STAGGERED:
+        kind, high_first = STAGGERED[choice]
+        places = frequency_places(bench, case["styles"], high_first)
     for slug in case["styles"]:
         lora, frequency = bench.loras[slug]
         if choice in MODULES:
@@ -53,10 +81,11 @@ def uses_for(bench: Bench, case: dict, choice: str) -> tuple[list[LoraUse], str]
                 lora, modules={t: m for t, m in lora.modules.items() if keep(t)},
                 sha256=f"{lora.sha256}-{choice}")  # another adapter, not the whole file's
         weight = WEIGHTS.get(choice, 1.0)
-        uses.append(LoraUse(lora, slug, weight, step_weights=SCHEDULES.get(choice),
-                            frequency=frequency))
+        schedule = staggered(len(case["styles"]), places[slug], kind) \
+            if choice in STAGGERED else SCHEDULES.get(choice)
+        uses.append(LoraUse(lora, slug, weight, step_weights=schedule, frequency=frequency))
     # step weights are a user schedule: gated runs them exactly, with no learned gates
-    return uses, "gated" if choice in SCHEDULES else "merge"
+    return uses, "gated" if choice in SCHEDULES or choice in STAGGERED else "merge"
 
 
 def verdicts(bench: Bench, batch: list[dict], choice: str, steps: int) -> list[dict]:
@@ -76,12 +105,18 @@ def main() -> None:
     parser.add_argument("--per-k", type=int, default=40, help="prompts per set size (2, 3)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--choices", help="rows to run, separated by ; (default: all)")
     parser.add_argument("--out", default=str(RESULTS / "fusion_headroom.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
     bench = Bench(args.steps, "fused")
-    choices = [*WEIGHTS, *SCHEDULES, *MODULES, PLAIN_PROMPT]
+    known = [*WEIGHTS, *SCHEDULES, *MODULES, *STAGGERED, PLAIN_PROMPT]
+    choices = known
+    if args.choices:
+        choices = [c.strip() for c in args.choices.split(";")]
+        if unknown := set(choices) - set(known):
+            parser.error(f"unknown --choices {sorted(unknown)}; known: {known}")
     rows: dict[str, dict[int, list[dict]]] = {c: {} for c in choices}
     for k in (2, 3):
         batch = cases(held_out_sets(k, set(bench.files)), args.per_k, SEED + 1000 * k)
@@ -104,7 +139,11 @@ def write(args, rows: dict, minutes: float) -> None:
     table.insert(len(weighting), ("**hindsight oracle** (any row above, per prompt)",
                                   {k: {"success": oracle[k]} for k in (2, 3)}))
     command = (f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_headroom.py --per-k "
-               f"{args.per_k} --steps {args.steps}")
+               f"{args.per_k} --steps {args.steps}"
+               + (f" --threads {args.threads}" if args.threads != 1 else "")
+               + (f' --choices "{args.choices}"' if args.choices else "")
+               + (f" --out {args.out}" if args.out != str(RESULTS / "fusion_headroom.md")
+                  else ""))
     lines = [
         "# Fusion headroom: what any weighting of the LoRAs could win", "", machine_line(),
         f"Command: `{command}` ({minutes:.0f} min, {args.threads} torch "
@@ -112,9 +151,11 @@ def write(args, rows: dict, minutes: float) -> None:
         f"The prompts, seeds, judges and verdicts of `fusion_quality.md` ({args.per_k} two-style "
         f"and {args.per_k} three-style prompts from held-out style sets; starter LoRAs, "
         f"{args.steps} DPM-Solver steps, guidance 2, 64×64). Each row applies one choice to "
-        "every LoRA of the prompt; *success* = every requested style detected and the content "
-        "right. The oracle counts a prompt as solved when any weighting row solves it, chosen "
-        "after seeing the verdicts: no gate network choosing among these could do better.", "",
+        "every LoRA of the prompt (the same to each, but for the staggered rows, whose order "
+        "follows the LoRAs' frequency profiles); *success* = every requested style detected "
+        "and the content right. The oracle counts a prompt as solved when any weighting row "
+        "solves it, chosen after seeing the verdicts: no gate network choosing among these "
+        "could do better.", "",
         "| choice | 2 styles: success | all styles | content | 3 styles: success | all styles "
         "| content |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, figures in table:
