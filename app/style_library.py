@@ -7,9 +7,11 @@ what a committed row lacks (index entries, atlas points). So a crash or `kill -9
 leaves, after restart, either the whole entry or no trace of it.
 
 Several processes may share one folder (a server and the CLI, or two server workers). Writers
-queue on a lock file beside the catalog, and each write section first loads what another
-process changed since (the indexes and the map live in memory) and ends by stamping the folder
-with a new generation; readers reload when they see a new stamp and no writer is busy.
+queue on a lock file beside the catalog (the system drops it when its holder dies). A write
+section first loads what another process changed since (the indexes and the map live in
+memory), running the same recovery as `open`, then stamps the folder with a new generation
+before it changes anything, so a writer that dies half-way still tells the others to look
+again; readers reload when they see a new stamp and no writer is busy.
 """
 
 from __future__ import annotations
@@ -109,32 +111,35 @@ class StyleLibrary:
         self._depth, self._seen, self._changed = 0, None, False
         self._loras: dict[str, LoraFile] = {}
         self.recovered: list[str] = []
-        with self.writing():  # loads the folder, then makes it consistent with the catalog
-            self._recover()
+        with self._held():
+            self._catch_up()  # loads the folder, then makes it consistent with the catalog
 
     # -- sharing the folder ----------------------------------------------------------------
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Hold the library for a change: other threads and processes wait. Entering loads
-        what another process wrote since this one last looked; leaving stamps a new generation
-        if anything was saved. Re-entrant."""
+        what another process wrote since this one last looked, then stamps a new generation
+        (before anything changes: a writer killed half-way is noticed too). Re-entrant."""
+        with self._held() as outer:
+            if outer:
+                self._catch_up()
+                self._stamp()
+            yield
+
+    @contextmanager
+    def _held(self) -> Iterator[bool]:
+        """This thread holds the folder (re-entrant); True at the outermost hold."""
         with self._lock:
             outer = self._depth == 0
             if outer:
                 self._folder_lock.acquire()
             self._depth += 1
             try:
-                if outer:
-                    self._catch_up()
-                yield
+                yield outer
             finally:
                 self._depth -= 1
                 if outer:
-                    try:
-                        if self._changed:
-                            self._stamp()
-                    finally:
-                        self._folder_lock.release()
+                    self._folder_lock.release()
 
     def refresh(self) -> bool:
         """Load another process's changes if there are any and no writer is busy now (never
@@ -149,7 +154,8 @@ class StyleLibrary:
             except TimeoutError:
                 return False
             try:
-                return self._catch_up()
+                with self._held():  # both locks are this thread's now: this only counts
+                    return self._catch_up()
             finally:
                 self._folder_lock.release()
         finally:
@@ -162,6 +168,8 @@ class StyleLibrary:
             return ""
 
     def _catch_up(self) -> bool:
+        """With the folder held: if it changed since this process looked, load the indexes
+        and the map again and recover what a writer that died left behind."""
         seen = self._generation()
         if seen == self._seen:
             return False
@@ -169,11 +177,12 @@ class StyleLibrary:
             self.parts.embedder, {}, StyleRetriever.load_indexes(
                 self.index_dir, self.parts.embedder.version),
             self.parts.calibration or Calibration({}, {}))
-        for entry in self.catalog.list():
-            self.retriever.records[entry.id] = self._record(entry)
         self.fingerprints = self._load_fingerprints()
         self.atlas = self._load_atlas()
         self._seen, self._changed = seen, False
+        self._recover()
+        if self._changed:  # the recovery saved something: the others should look again
+            self._stamp()
         return True
 
     def _stamp(self) -> None:
@@ -181,7 +190,7 @@ class StyleLibrary:
         tmp = self.folder / f"{GENERATION_FILE}.tmp"
         tmp.write_text(stamp)
         tmp.replace(self.folder / GENERATION_FILE)
-        self._seen, self._changed = stamp, False
+        self._seen = stamp
 
     # -- reading ---------------------------------------------------------------------------
     @property

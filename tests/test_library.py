@@ -205,16 +205,19 @@ service.upload([sys.argv[3]])
 """
 
 
-def _run_script(script: str, *args) -> subprocess.Popen:
+def _run_script(script: str, *args, **env) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **env}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _consistent(library) -> list[str]:
     """The library's ids, after checking that the map, the fingerprints and the probes view
-    hold exactly those, and the other views no others (a style may lack one)."""
-    ids = sorted(library.catalog.ids())
+    hold exactly those, the other views no others (a style may lack one), and the blob store
+    only their files and thumbnails."""
+    entries = library.catalog.list()
+    assert set(library.blobs.shas()) == {sha for e in entries for sha in [e.blob, *e.thumbnails]}
+    ids = sorted(e.id for e in entries)
     assert sorted(library.retriever.indexes["probes"].ids()) == ids
     assert all(set(index.ids()) <= set(ids) for index in library.retriever.indexes.values())
     assert sorted(library.fingerprints.ids()) == ids and sorted(library.atlas.ids) == ids
@@ -257,6 +260,24 @@ def test_what_another_process_adds_is_seen_here_and_survives_this_ones_writes(
     reopened = _service(tiny_pipeline_dir, library_dir).library
     assert reopened.recovered == []
     assert _consistent(reopened) == ["style-0", "style-1", "style-2"]
+
+
+@pytest.mark.parametrize("step", ["indexed", "committed"])
+def test_a_writer_killed_in_another_process_leaves_this_ones_library_whole(
+        step, service, files, tiny_pipeline_dir, tmp_path):
+    library_dir = tmp_path / "library"
+    service.upload([files["style0"]])
+    killed = _run_script(CRASHING_INGEST, tiny_pipeline_dir, library_dir, files["style1"],
+                         **{CRASH_ENV: step})
+    _, stderr = killed.communicate(timeout=300)
+    assert killed.returncode == -9, stderr[-2000:]
+    # this process notices on its next use: the other's garbage swept, its commit shown whole
+    expected = ["style-0", "style-1"] if step == "committed" else ["style-0"]
+    assert _consistent(service.library) == expected
+    service.upload([files["style2"]])
+    reopened = _service(tiny_pipeline_dir, library_dir).library
+    assert reopened.recovered == []
+    assert _consistent(reopened) == [*expected, "style-2"]
 
 
 @pytest.mark.parametrize("step", INGEST_STEPS)
