@@ -13,11 +13,11 @@ measured there. Judged as starter_quality.py judges (guidance 2, 20 DPM-Solver s
         (each scale at each share; --choose picks each style's setting, which
         styles/starter/build.py GENERATION_DEFAULTS ships)
     .venv/bin/python benchmarks/content_guidance.py --scales 0.5,1 --share 0.4,0.7 \\
-        --guidance 1.25,1.5 --styles arrow,... --choose --prompts 48 --out ...
+        --guidance 1.25,1.5 --styles arrow,... --choose --part 2 --prompts 48 --out ...
         (each guidance scale with each content-guidance setting)
     .venv/bin/python benchmarks/content_guidance.py --confirm arrow:0.5:0.4:1.25,... \\
-        --against shipped --part 2 --prompts 48 --out ...
-        (each pick against what the style ships now, on a fresh validation set)
+        --against shipped --part 3 --prompts 64 --out ...
+        (each pick against what the style ships now, on a validation set the grid did not use)
     .venv/bin/python benchmarks/content_guidance.py --sheet smiley-face:1.167,chalkboard:1
         (only docs/content_guidance.png: 4 validation prompts per row, at each scale)
 """
