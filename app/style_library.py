@@ -44,7 +44,7 @@ from styles.catalog import Catalog, StyleEntry
 from styles.errors import LoraRefused, NoMatchingModules, ShapeMismatch, WrongFamily
 from styles.lora import LoraFile
 from styles.reader import ReadOptions, read_lora
-from styles.safe_read import ReadLimits
+from styles.safe_read import ReadLimits, sha256_file
 
 CRASH_ENV = "LORATLAS_CRASH_AT"  # fault injection: the crash test kills ingest at each step
 INGEST_STEPS = ("validated", "stored", "rendered", "embedded", "indexed", "committed")
@@ -539,7 +539,7 @@ def seed_from_starter(library: StyleLibrary, loras: dict[str, Path], views: View
     added = 0
     with library.writing():
         for slug, path in sorted(loras.items()):
-            sha = _sha256(path)
+            sha = sha256_file(Path(path))
             if library.catalog.by_sha256(sha) is not None:
                 continue
             if slug in library.catalog and library.catalog.get(slug).source == "starter":
@@ -556,16 +556,6 @@ def seed_from_starter(library: StyleLibrary, loras: dict[str, Path], views: View
         if added:  # each was placed beside the first three: draw the map once from all
             library.refit_atlas()
     return added
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _png(image) -> bytes:

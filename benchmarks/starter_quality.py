@@ -253,8 +253,9 @@ def main() -> None:
         "is above its target, ✗ where either interval is below, ? where these images cannot "
         "tell. *recommended*: the settings the style recommends, which a request naming it "
         "alone gets (`styles/starter/build.py` GENERATION_DEFAULTS, chosen on validation "
-        "prompts: content_guidance_choice.md and content_guidance_guidance1.5.md, kept where "
-        "they held on a second validation set: content_guidance_confirm*.md); *without them*: "
+        "prompts: content_guidance_choice.md and content_guidance_guidance1.5.md, then "
+        "content_guidance_guidance1.25.md, kept where they held on a further validation set: "
+        "content_guidance_confirm*.md); *without them*: "
         f"the same prompts and seeds with content guidance off at guidance {guidance:g}.", "",
         "| style | style detected | content right | both targets | recommended | "
         "without them | color judged | false alarms | ceiling: style | ceiling: content |",
