@@ -233,23 +233,29 @@ class StyleLibrary:
         # 1. validate (bytes, format, family, shapes against the base it is for)
         lora = self._validate(path, shown)
         crash_point("validated")
+        known = self.catalog.by_sha256(lora.sha256)  # checked again under the lock
+        if known is not None:
+            return IngestResult(None, duplicate_of=known.id,
+                                seconds=time.perf_counter() - started)
+        # the probe renders (thumbnails, probes view), the slow part, before the lock: other
+        # writers wait only for the bookkeeping
+        name = slug or lora.metadata.name or Path(shown).stem
+        images = None
+        if thumbnails is None and lora.family in (self.base_family, "unknown"):
+            report("rendered", 0.1)
+            images = probe_images(self.parts.engine, lora, name)
+            thumbnails = [_png(image) for image in images]
         with self.writing():
             existing = self.catalog.by_sha256(lora.sha256)
             if existing is not None:
                 return IngestResult(None, duplicate_of=existing.id,
                                     seconds=time.perf_counter() - started)
-            report("stored", 0.1)
+            report("stored", 0.6)
             # 2. store the file (content-addressed; garbage until the row exists)
             blob = self.blobs.put_file(path)
             crash_point("stored")
-            # 3. probe renders: the thumbnails, and the probes view
-            report("rendered", 0.2)
-            entry_id = self.catalog.unique_slug(slug or lora.metadata.name or Path(shown).stem)
-            applicable = lora.family in (self.base_family, "unknown")
-            images = None
-            if thumbnails is None and applicable:
-                images = probe_images(self.parts.engine, lora, entry_id)
-                thumbnails = [_png(image) for image in images]
+            # 3. the thumbnails
+            entry_id = self.catalog.unique_slug(name)
             thumbs = [self.blobs.put_bytes(data) for data in thumbnails or []]
             crash_point("rendered")
             # 4. embed the views

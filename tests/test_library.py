@@ -183,6 +183,26 @@ def test_concurrent_uploads_all_land(service, files):
         service.library.catalog.ids())
 
 
+def test_an_upload_renders_its_thumbnails_before_it_takes_the_folder(service, files,
+                                                                    monkeypatch):
+    import app.style_library as style_library
+
+    library, render = service.library, style_library.probe_images
+    held = []
+
+    def watched(*args, **kwargs):
+        held.append((library._folder_lock.is_locked, library._depth))
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(style_library, "probe_images", watched)
+    (report,) = service.upload([files["style0"]])
+    assert report.ok and held == [(False, 0)]  # other writers never wait for the renders
+    assert len(service.library.catalog.get(report.slug).thumbnails) == len(
+        render(library.parts.engine, library.lora(report.slug), "again"))
+    assert service.upload([files["style0"]])[0].duplicate_of == report.slug
+    assert len(held) == 1  # a known file is not rendered again
+
+
 def test_loose_files_in_the_library_folder_are_imported_once(tiny_pipeline_dir, tiny_base,
                                                              tmp_path):
     folder = tmp_path / "library"
