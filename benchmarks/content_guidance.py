@@ -18,6 +18,13 @@ measured there. Judged as starter_quality.py judges (guidance 2, 20 DPM-Solver s
     .venv/bin/python benchmarks/content_guidance.py --confirm arrow:0.5:0.4:1.25,... \\
         --against shipped --part 3 --prompts 64 --out ...
         (each pick against what the style ships now, on a validation set the grid did not use)
+    .venv/bin/python benchmarks/content_guidance.py --files .cache/lora_recipe/DIR \\
+        --styles arrow:1.4,pastel:1.2,pixel-art --guidance 1.5,2 --choose --part 4 ...
+    .venv/bin/python benchmarks/content_guidance.py --files .cache/lora_recipe/DIR \\
+        --confirm pastel:0:0.4:2:1.2,... --against shipped --part 5 ...
+        (other LoRA files than the pack's, by its file names, each at the weight given after
+        its slug: the grid judges them, --confirm judges them against the pack's files with
+        what those recommend; lora_recipe.py --train-only trains such files)
     .venv/bin/python benchmarks/content_guidance.py --sheet smiley-face:1.167,chalkboard:1
         (only docs/content_guidance.png: 4 validation prompts per row, at each scale)
 """
@@ -28,6 +35,7 @@ import argparse
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from common import RESULTS, ROOT, images_as_array, machine_line
@@ -53,12 +61,13 @@ def _start_worker() -> None:
 
 
 def _job(slug: str, weight: float, scale: float, share: float, n: int, part: int = 0,
-         guidance: float | None = None) -> tuple:
+         guidance: float | None = None, ref: str | None = None) -> tuple:
     """(slug, weight, guidance, scale, share, style detected, content right, seconds per
-    image); `guidance`: the classifier-free guidance scale (None: the pack's, 2)."""
+    image); `guidance`: the classifier-free guidance scale (None: the pack's, 2); `ref`: the
+    LoRA file to judge (None: the pack's for `slug`)."""
     service, judges = _worker
     started = time.time()
-    cases, images = validation_images(service, slug, slug, n, weight, part,
+    cases, images = validation_images(service, slug, ref or slug, n, weight, part,
                                       content_guidance=scale, content_guidance_steps=share,
                                       guidance_scale=guidance)
     seconds = (time.time() - started) / n
@@ -90,7 +99,11 @@ def main() -> None:
                         "grid, 1 for --confirm unless given")
     parser.add_argument("--stronger", default="",
                         help="slug:weight,...: these styles also at that LoRA weight")
-    parser.add_argument("--styles", default="all")
+    parser.add_argument("--styles", default="all",
+                        help="slugs, each with the LoRA weight to judge it at (arrow:1.4; 1 "
+                        "where not given), or all")
+    parser.add_argument("--files", help="judge the LoRA files in this folder (by the pack's "
+                        "file names) instead of the pack's")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--guidance",
                         help="classifier-free guidance scale, or several (1.25,1.5): each with "
@@ -107,16 +120,31 @@ def main() -> None:
     if args.confirm:
         confirm(args)
         return
-    slugs = sorted(STYLES) if args.styles == "all" else args.styles.split(",")
+    at = dict(weighted(",".join(item if ":" in item else f"{item}:1"
+                                for item in (sorted(STYLES) if args.styles == "all"
+                                             else args.styles.split(",")))))
     stronger = dict(weighted(args.stronger))
     settings = settings_grid(guidances(args.guidance), scales, shares)
-    weights = [(slug, 1.0) for slug in slugs] + list(stronger.items())
-    jobs = [(slug, weight, scale, share, args.prompts, args.part or 0, guidance)
+    weights = list(at.items()) + list(stronger.items())
+    jobs = [(slug, weight, scale, share, args.prompts, args.part or 0, guidance,
+             candidate(args.files, slug))
             for slug, weight in weights for guidance, scale, share in settings]
     started = time.time()
     rows = run_jobs(jobs, args.workers)
     minutes = (time.time() - started) / 60
-    write(args, settings, slugs, stronger, rows, minutes)
+    write(args, settings, at, stronger, rows, minutes)
+
+
+def candidate(folder: str | None, slug: str) -> str | None:
+    """The file `--files` names for a style (None: the pack's own)."""
+    if not folder:
+        return None
+    from styles.starter.style_loras import file_name
+
+    path = Path(folder) / file_name(slug)
+    if not path.is_file():
+        raise SystemExit(f"--files: no {path.name} for {slug} in {folder}")
+    return str(path)
 
 
 def run_jobs(jobs: list[tuple], workers: int) -> list[tuple]:
@@ -151,16 +179,19 @@ def confirm(args) -> None:
     grid's (`--part`, 1 unless given; lora_strength.validation_images): a choice holds where
     its margin to both targets beats the baseline's there too."""
     default = guidances(args.guidance)[0]
-    chosen = {}
+    chosen, at = {}, {}
     for item in (item for item in args.confirm.split(",") if item):
-        slug, scale, share, *guidance = item.split(":")
-        chosen[slug] = (float(guidance[0]) if guidance else default, float(scale), float(share))
+        slug, scale, share, *extra = item.split(":")
+        chosen[slug] = (float(extra[0]) if extra else default, float(scale), float(share))
+        at[slug] = float(extra[1]) if len(extra) > 1 else 1.0
     base_settings = {slug: shipped(slug) if args.against == "shipped" else (None, 0.0, 0.4)
                      for slug in chosen}
     part = 1 if args.part is None else args.part
-    jobs = [(slug, 1.0, scale, share, args.prompts, part, guidance)
-            for settings in (base_settings, chosen)
-            for slug, (guidance, scale, share) in settings.items()]
+    jobs = [(slug, 1.0, scale, share, args.prompts, part, guidance, None)
+            for slug, (guidance, scale, share) in base_settings.items()]
+    jobs += [(slug, at[slug], scale, share, args.prompts, part, guidance,
+              candidate(args.files, slug))
+             for slug, (guidance, scale, share) in chosen.items()]
     started = time.time()
     rows = run_jobs(jobs, args.workers)
     base = {row[0]: row[5:7] for row in rows[:len(chosen)]}
@@ -174,6 +205,7 @@ def confirm(args) -> None:
         "# Content guidance: do the chosen settings hold on other validation prompts?", "",
         machine_line(),
         f"Command: `.venv/bin/python benchmarks/content_guidance.py --confirm {args.confirm} "
+        + (f"--files {args.files} " if args.files else "")
         + (f"--guidance {args.guidance} " if args.guidance else "")
         + (f"--against {args.against} " if args.against != "plain" else "")
         + (f"--part {args.part} " if args.part is not None else "") +
@@ -182,7 +214,10 @@ def confirm(args) -> None:
         f"Each style's setting as `--choose` picked it, against {baseline}, on "
         f"{args.prompts} validation prompts and seeds of another set than the grid's "
         f"(`validation_images(part={part})`: other scenes and seeds, none of "
-        "starter_quality's held-out ones). A choice holds where its margin to both targets "
+        "starter_quality's held-out ones). "
+        + (f"The settings judge the files in `{args.files}` (at the weight after the "
+           "guidance scale, 1 where none), the baseline the pack's own. " if args.files else "")
+        + "A choice holds where its margin to both targets "
         f"(min(style / {TARGETS[0]:.2f}, content / {TARGETS[1]:.2f})) beats the baseline's. "
         "Style detected / content right.", "",
         "| style | setting | baseline | baseline: figures | setting: figures "
@@ -190,7 +225,8 @@ def confirm(args) -> None:
         "|---|---|---|---:|---:|---:|:-:|"]
     for slug, setting in chosen.items():
         off, on = base[slug], picked[slug]
-        lines.append(f"| {slug} | {setting_name(*setting)} | "
+        lines.append(f"| {slug} | {setting_name(*setting)}"
+                     + (f", weight {at[slug]:g}" if at[slug] != 1 else "") + " | "
                      f"{setting_name(*base_settings[slug])} | {off[0]:.2f} / {off[1]:.2f} | "
                      f"{on[0]:.2f} / {on[1]:.2f} | {margin(*off):.3f} → {margin(*on):.3f} | "
                      f"{'✓' if margin(*on) > margin(*off) else '✗'} |")
@@ -208,12 +244,13 @@ def settings_grid(guidances: list[float | None], scales: list[float],
             + [(guidance, scale, share) for share in shares for scale in scales if scale]]
 
 
-def choose(got: dict, slug: str, settings: list) -> tuple[float | None, float, float]:
+def choose(got: dict, slug: str, settings: list,
+           weight: float = 1.0) -> tuple[float | None, float, float]:
     """The (guidance, scale, share) with the best margin to both targets
-    (lora_strength.margin) on the style's validation prompts at weight 1; ties go to off, then
-    the smaller scale and share, then the guidance nearer the pack's 2 (the setting changing
-    the least)."""
-    return max(settings, key=lambda s: (margin(*got[(slug, 1.0, *s)][:2]), -s[1], -s[2],
+    (lora_strength.margin) on the style's validation prompts at its weight; ties go to off,
+    then the smaller scale and share, then the guidance nearer the pack's 2 (the setting
+    changing the least)."""
+    return max(settings, key=lambda s: (margin(*got[(slug, weight, *s)][:2]), -s[1], -s[2],
                                         -abs((s[0] or 2) - 2)))
 
 
@@ -248,7 +285,8 @@ def sheet(rows: list[tuple[str, float]], scales: list[float], share: float, path
     print(path)
 
 
-def write(args, settings, slugs, stronger, rows, minutes) -> None:
+def write(args, settings, at: dict[str, float], stronger, rows, minutes) -> None:
+    slugs = list(at)
     got = {(slug, weight, guidance, scale, share): (style, content, seconds)
            for slug, weight, guidance, scale, share, style, content, seconds in rows}
     several = len({share for _, _, share in settings}) > 1
@@ -270,6 +308,7 @@ def write(args, settings, slugs, stronger, rows, minutes) -> None:
         f"Command: `.venv/bin/python benchmarks/content_guidance.py --scales "
         f"{','.join(f'{s:g}' for s in scales)} --share {args.share}"
         + (f" --stronger {args.stronger}" if args.stronger else "")
+        + (f" --files {args.files}" if args.files else "")
         + (f" --styles {args.styles}" if args.styles != "all" else "")
         + (" --choose" if args.choose else "")
         + (f" --guidance {args.guidance}" if args.guidance else "")
@@ -279,8 +318,11 @@ def write(args, settings, slugs, stronger, rows, minutes) -> None:
         "",
         "Content guidance adds the base model's own guidance (the request's LoRAs bypassed) "
         "at the given scale over the first share of the steps "
-        f"(`fusion/content_guidance.py`; {args.share} here). Each style's shipped file at "
-        f"weight 1 (the strength it carries), {args.prompts} validation prompts per style "
+        f"(`fusion/content_guidance.py`; {args.share} here). "
+        + (f"Each style's file in `{args.files}` at the weight after its slug in the command "
+           "(1 where none)" if args.files else
+           "Each style's shipped file at weight 1 (the strength it carries)")
+        + f", {args.prompts} validation prompts per style "
         + ("(the seeds lora_strength.py chose the strengths on, from "
            f"{VALIDATION_SEED}: so the *off* column is optimistic, "
            if not args.part else f"(validation set {args.part}: other scenes and seeds than "
@@ -293,11 +335,11 @@ def write(args, settings, slugs, stronger, rows, minutes) -> None:
         f"{100 / args.prompts:.1f} points.", "",
         "| style | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(settings)]
     for slug in slugs:
-        lines.append(f"| {slug} | " + " | ".join(cell((slug, 1.0, *s)) for s in settings)
+        lines.append(f"| {slug} | " + " | ".join(cell((slug, at[slug], *s)) for s in settings)
                      + " |")
     lines.append("")
     for s, name in zip(settings, heads, strict=True):
-        values = [got[(slug, 1.0, *s)] for slug in slugs]
+        values = [got[(slug, at[slug], *s)] for slug in slugs]
         lines.append(
             f"- {name}: both targets {sum(meets(a, b) for a, b, _ in values)}/{len(slugs)}; "
             f"mean style {np.mean([a for a, _, _ in values]):.3f}, mean content "
@@ -313,12 +355,12 @@ def write(args, settings, slugs, stronger, rows, minutes) -> None:
                   "| style | chosen | figures | off |", "|---|---|---:|---:|"]
         tuning = {}
         for slug in slugs:
-            picked = guidance, scale, share = choose(got, slug, settings)
-            tuning[slug] = ({"guidance_scale": guidance} if guidance else {}) | (
+            picked = guidance, scale, share = choose(got, slug, settings, at[slug])
+            tuning[slug] = ({"guidance_scale": guidance} if guidance not in (None, 2) else {}) | (
                 {"content_guidance": scale, "content_guidance_steps": share} if scale else {})
             lines.append(f"| {slug} | {setting_name(*picked)} | "
-                         f"{cell((slug, 1.0, *picked))} | "
-                         f"{cell((slug, 1.0, *settings[0]))} |")
+                         f"{cell((slug, at[slug], *picked))} | "
+                         f"{cell((slug, at[slug], *settings[0]))} |")
         tuning = {slug: chosen for slug, chosen in tuning.items() if chosen}
         lines += ["", f"`{tuning}`"]
     if stronger:

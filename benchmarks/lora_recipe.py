@@ -28,6 +28,9 @@ over more styles measures only what is new.
         [--shape-weight W] [--ema D] [--change-weight C] [--steps N] [--frozen-text-kv]
         [--workers 2]
         [--plain] [--shipped DIR] [--out FILE]
+    .venv/bin/python benchmarks/lora_recipe.py --styles a,b --ema 0.99 --steps 1200 --train-only
+        (only train the candidate files, judge nothing: for lora_strength.py and
+        content_guidance.py --files, which judge on validation prompts, never held-out ones)
 """
 
 from __future__ import annotations
@@ -71,6 +74,16 @@ def train(pipe, slug: str, recipe: dict, name: str) -> Path:
                                    seed=plan.seed + sorted(STYLES).index(slug), **options)
         save_style_lora(modules, folder, slug, steps, plan.lora_rank)
     return path
+
+
+def train_alone(slug: str, recipe: dict) -> Path:
+    """`train` in a worker process of one thread: the candidate file, nothing judged."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(1)
+    pipe = StableDiffusionPipeline.from_pretrained(str(PIPELINE_DIR), dtype=torch.float32)
+    return train(pipe, slug, recipe, tag(recipe))
 
 
 def fingerprint(lora: Path, judges: Path) -> str:
@@ -155,6 +168,8 @@ def main() -> None:
     parser.add_argument("--shipped", default=str(LORA_DIR),
                         help="the files to compare with (default: the pack's)")
     parser.add_argument("--out", help="default: results/lora_recipe_<recipe>.md")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the candidate files and print where they are; judge nothing")
     args = parser.parse_args()
     change = {"shape_weight": args.shape_weight, "ema": args.ema,
               "change_weight": args.change_weight, "steps": args.steps,
@@ -170,6 +185,12 @@ def main() -> None:
         parser.error(f"--styles: not starter styles: {', '.join(unknown)}")
     started = time.time()
     context = multiprocessing.get_context("spawn")
+    if args.train_only:
+        with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            for path in pool.map(train_alone, slugs, [change] * len(slugs)):
+                print(path, flush=True)
+        print(f"trained in {time.time() - started:.0f} s")
+        return
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         n = len(slugs)
         rows = list(pool.map(measure, slugs, [change] * n, [args.prompts] * n,
