@@ -321,19 +321,35 @@ def cluster_labels(members: Mapping[int, Sequence[str]], tags: Mapping[str, Sequ
     style has scores 0); where none is, the cluster's most common tags held by two members or
     more (in a cluster of one or two, by `min_share` of it), so a mixed cluster reads as mixed
     ("color · line · texture") instead of taking the name of its largest minority, or of one
-    member's tag."""
+    member's tag. Clusters that would share a label each add the tag that sets them apart
+    from the others of that label (held by two members or more, a larger share of its own than
+    of theirs), where one does."""
     tagged = {c: [s for s in ms if _style_tags(tags, s)] for c, ms in members.items()}
     total = sum(len(m) for m in tagged.values())
     overall = Counter(t for ms in tagged.values() for s in ms for t in _style_tags(tags, s))
-    out = {}
+    out, inside = {}, {}
     for cluster, ms in tagged.items():
-        inside = Counter(t for s in ms for t in _style_tags(tags, s))
+        inside[cluster] = Counter(t for s in ms for t in _style_tags(tags, s))
         scored = sorted((-_distinctiveness(n / len(ms), overall[t] / total), -n, t)
-                        for t, n in inside.items())
+                        for t, n in inside[cluster].items())
         picked = [t for score, n, t in scored if score < -1e-12 and -n >= min_share * len(ms)]
         least = min(2, math.ceil(min_share * len(ms)))  # a tag of one member of many: no
-        common = [t for n, t in sorted((-n, t) for t, n in inside.items()) if -n >= least]
+        common = [t for n, t in sorted((-n, t) for t, n in inside[cluster].items())
+                  if -n >= least]
         out[cluster] = (picked or common)[:top]
+    for label, count in Counter(tuple(v) for v in out.values()).items():
+        if count < 2 or not label:
+            continue
+        group = [c for c, v in out.items() if tuple(v) == label]
+        for cluster in group:
+            size = len(tagged[cluster])
+            rival = {t: max(inside[o][t] / len(tagged[o]) for o in group if o != cluster)
+                     for t in inside[cluster]}
+            least = min(2, math.ceil(min_share * size))
+            apart = sorted((rival[t] - n / size, -n, t) for t, n in inside[cluster].items()
+                           if t not in label and n >= least and n / size > rival[t])
+            if apart:
+                out[cluster] = [*label, apart[0][2]]
     return out
 
 
@@ -476,13 +492,16 @@ class AtlasLayout:
     @property
     def clusters(self) -> list[AtlasCluster]:
         """Non-empty clusters by id, each with its label, members and centre on the map."""
-        out = []
+        out, named = [], Counter()
         for c in sorted(self._labels):
             rows = np.flatnonzero(self._cluster == c)
             tags = self._labels[c]
             x, y = self._xy[rows].mean(0)
-            out.append(AtlasCluster(c, " · ".join(tags) or f"cluster {c + 1}", list(tags),
-                                    [self._ids[r] for r in rows], float(x), float(y)))
+            name = " · ".join(tags) or f"cluster {c + 1}"
+            named[name] += 1  # two clusters no tag tells apart: numbered, never one name
+            out.append(AtlasCluster(c, name if named[name] == 1 else f"{name} {named[name]}",
+                                    list(tags), [self._ids[r] for r in rows], float(x),
+                                    float(y)))
         return out
 
     def nearest(self, style_id: str, k: int = 5) -> list[tuple[str, float]]:

@@ -235,6 +235,29 @@ def test_a_mixed_cluster_is_not_named_after_a_minority():
     assert cluster_labels(clean, tags) == {0: ["motif"], 1: ["texture"]}  # most members: named
 
 
+def test_two_clusters_never_share_a_label():
+    # the starter map once drew two clusters both named "color" (the shipped pack at 52dd34e):
+    # each now adds the tag that sets it apart from the other, or is numbered if none does
+    tags = {"sepia": ["color", "warm"], "sunset": ["color", "warm", "sky"], "pop": ["color"],
+            "x": ["color"], "y": ["color", "bold"], "noir": ["color", "dark"],
+            "neon": ["color", "dark", "night"], "p": ["color"], "q": ["color"], "r": ["color"],
+            "grain": ["texture"], "mosaic": ["texture"]}
+    members = {0: ["sepia", "sunset", "pop", "x", "y"], 1: ["noir", "neon", "p", "q", "r"],
+               2: ["grain", "mosaic"]}  # "warm" and "dark": on too few to name a cluster
+    assert cluster_labels(members, tags) == {0: ["color", "warm"], 1: ["color", "dark"],
+                                             2: ["texture"]}
+    twins = {"a": ["color"], "b": ["color"], "c": ["color"], "d": ["color"]}
+    same = cluster_labels({0: ["a", "b"], 1: ["c", "d"]}, twins)
+    assert same == {0: ["color"], 1: ["color"]}  # nothing tells them apart: numbered below
+    rng = np.random.default_rng(0)
+    vectors = {s: np.eye(8)[0 if s in "ab" else 1] + 0.01 * rng.standard_normal(8)
+               for s in twins}
+    atlas = AtlasLayout.fit(vectors, twins, AtlasConfig(k_range=(2, 2)))
+    assert [sorted(c.members) for c in atlas.clusters] in ([["a", "b"], ["c", "d"]],
+                                                            [["c", "d"], ["a", "b"]])
+    assert [c.label for c in atlas.clusters] == ["color", "color 2"]
+
+
 def test_untagged_styles_do_not_dilute_a_label_and_one_members_tag_is_no_label():
     # the starter atlas's texture cluster: 3 of its 5 tagged members say "texture", two files
     # carry no tags at all; before, the label shares counted them, no tag reached half, and
