@@ -197,8 +197,8 @@ class StyleLibrary:
     def base_family(self) -> str:
         return self.parts.engine.base.family
 
-    def applicable(self, entry: StyleEntry) -> bool:
-        return entry.family in (self.base_family, "unknown")
+    def applicable(self, style: StyleEntry | LoraFile) -> bool:
+        return style.family in (self.base_family, "unknown")
 
     def file(self, style_id: str) -> Path:
         return self.blobs.path(self.catalog.get(style_id).blob)
@@ -233,23 +233,19 @@ class StyleLibrary:
         # 1. validate (bytes, format, family, shapes against the base it is for)
         lora = self._validate(path, shown)
         crash_point("validated")
-        known = self.catalog.by_sha256(lora.sha256)  # checked again under the lock
-        if known is not None:
-            return IngestResult(None, duplicate_of=known.id,
-                                seconds=time.perf_counter() - started)
+        if known := self._duplicate(lora, started):  # checked again under the lock
+            return known
         # the probe renders (thumbnails, probes view), the slow part, before the lock: other
         # writers wait only for the bookkeeping
         name = slug or lora.metadata.name or Path(shown).stem
         images = None
-        if thumbnails is None and lora.family in (self.base_family, "unknown"):
+        if thumbnails is None and self.applicable(lora):
             report("rendered", 0.1)
             images = probe_images(self.parts.engine, lora, name)
             thumbnails = [_png(image) for image in images]
         with self.writing():
-            existing = self.catalog.by_sha256(lora.sha256)
-            if existing is not None:
-                return IngestResult(None, duplicate_of=existing.id,
-                                    seconds=time.perf_counter() - started)
+            if known := self._duplicate(lora, started):
+                return known
             report("stored", 0.6)
             # 2. store the file (content-addressed; garbage until the row exists)
             blob = self.blobs.put_file(path)
@@ -282,6 +278,12 @@ class StyleLibrary:
             self._loras[lora.sha256] = lora
             return IngestResult(entry, near_duplicate_of=near,
                                 seconds=time.perf_counter() - started)
+
+    def _duplicate(self, lora: LoraFile, started: float) -> IngestResult | None:
+        """The report of a file the catalog already holds (same sha256), else None."""
+        existing = self.catalog.by_sha256(lora.sha256)
+        return None if existing is None else IngestResult(
+            None, duplicate_of=existing.id, seconds=time.perf_counter() - started)
 
     def _validate(self, path: Path, shown: str) -> LoraFile:
         """The file read against the loaded base; failing that, as a LoRA for another image
