@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 import threading
 import time
 import unicodedata
@@ -326,13 +327,33 @@ def _write_terms(conn: Connection, style_id: str, tags: Sequence[str],
 # --------------------------------------------------------------------------- engine set-up
 
 
+_BUSY_TIMEOUT_S = 30.0
+
+
 def _on_sqlite_connect(dbapi_conn, _record) -> None:
-    """WAL, foreign keys, a busy timeout; let SQLAlchemy (not pysqlite) emit BEGIN."""
+    """A busy timeout, foreign keys, WAL; let SQLAlchemy (not pysqlite) emit BEGIN."""
     dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
-    for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=30000"):
+    for pragma in (f"busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}", "foreign_keys=ON"):
         cursor.execute(f"PRAGMA {pragma}")
+    _enter_wal(cursor)
     cursor.close()
+
+
+def _enter_wal(cursor) -> None:
+    """Switch a new database file to WAL. The switch needs the file to itself, and SQLite
+    answers "database is locked" at once, without its busy handler, when another process
+    is opening the same new file; so wait here, as the busy timeout would."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _on_sqlite_begin(conn: Connection) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import threading
 
 import pytest
@@ -250,6 +251,33 @@ def test_concurrent_uploads_from_threads_and_two_handles(tmp_path):
     for cat in handles:
         cat.close()
 
+
+
+def _open_at_the_barrier(path, barrier, failures) -> None:
+    barrier.wait()
+    try:
+        Catalog.open(path).close()
+    except Exception as exc:  # any failure is the bug under test
+        failures.put(repr(exc))
+
+
+def test_processes_opening_one_new_catalog_at_once_all_open_it(tmp_path):
+    """A server and CLI commands started together on a fresh install: SQLite refuses the
+    switch to WAL with "database is locked" at once, busy timeout or not, while another
+    process opens the same new file; every process must still open it."""
+    context = multiprocessing.get_context("fork")
+    failures = context.Queue()
+    for round_ in range(20):
+        barrier = context.Barrier(6)
+        path = tmp_path / f"catalog{round_}.db"
+        workers = [context.Process(target=_open_at_the_barrier, args=(path, barrier, failures))
+                   for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [w.exitcode for w in workers] == [0] * 6
+    assert failures.empty(), failures.get()
 
 V1_ROWS = [
     {"id": "old-style", "sha256": sha("old"), "name": "Old Style", "description": "From v1",
