@@ -5,7 +5,8 @@
    phrases of each style, and captions from other seeds), and saves it with the pack.
 2. Evaluates on benchmarks/data/retrieval_prompts.jsonl: Recall@1, Recall@3 and MRR on
    single-style paraphrases; both styles in the top 3 for two-style prompts; all three for
-   three-style prompts; "no style returned" for prompts with no style.
+   three-style prompts; "no style returned" for prompts with no style, and for the barest
+   content prompts a user types ("a blue square": every colour and shape of the world).
 3. The weights view alone on LoRAs the encoder never saw: 4-fold leave-styles-out; and the
    training-free words view alone with each LoRA standardised against the other LoRAs only
    (leave-one-out: nothing of the LoRA itself is in its reference).
@@ -32,6 +33,17 @@ from app.starter_retrieval import (
 from retrieval.retriever import StyleRetriever
 from retrieval.word_view import WordView
 from styles.starter.paths import starter_loras
+from styles.starter.world import COLORS, SHAPES
+
+
+def bare_prompts() -> list[dict]:
+    """Every colour and shape, three ways: no style asked for, and colour words that share
+    letters or meaning with style names ('blue' and blueprint, 'white' and line art)."""
+    plural = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
+    return [{"kind": "bare", "prompt": prompt, "styles": []}
+            for color in COLORS for shape in SHAPES
+            for prompt in (f"a {color} {shape}", f"{color} {plural[shape]}",
+                           f"two {color} {plural[shape]}")]
 
 
 def view_only(retriever: StyleRetriever, view: str) -> StyleRetriever:
@@ -66,7 +78,10 @@ def evaluate(retriever: StyleRetriever, rows: list[dict]) -> dict:
     nones = [r for r in rows if r["kind"] == "none"]
     result["no-style: none returned"] = float(np.mean([not retriever.retrieve(r["prompt"])
                                                       for r in nones]))
-    styled = [r for r in rows if r["kind"] != "none"]
+    bare = [r for r in rows if r["kind"] == "bare"]
+    result["bare content: none returned"] = float(np.mean([not retriever.retrieve(r["prompt"])
+                                                          for r in bare]))
+    styled = [r for r in rows if r["kind"] not in ("none", "bare")]
     result["styled: something returned"] = float(np.mean([bool(retriever.retrieve(r["prompt"]))
                                                          for r in styled]))
     return result
@@ -136,6 +151,8 @@ def main() -> None:
     started = time.time()
     rows = [json.loads(line) for line in
             (ROOT / "benchmarks" / "data" / "retrieval_prompts.jsonl").read_text().splitlines()]
+    written = len(rows)
+    rows += bare_prompts()
     service = LoratlasService(ServiceConfig(device="cpu"))
     # (re)build the shipped encoder, calibration and view cache, then evaluate them
     retriever = rebuild_for(service)
@@ -155,14 +172,16 @@ def main() -> None:
     metrics = list(table["fused"])
     lines = ["# Retrieval quality on the starter library", "", machine_line(),
              "Command: `.venv/bin/python benchmarks/retrieval_quality.py`", "",
-             f"Prompt set: `benchmarks/data/retrieval_prompts.jsonl` ({len(rows)} prompts: "
+             f"Prompt set: `benchmarks/data/retrieval_prompts.jsonl` ({written} prompts: "
              + ", ".join(f"{sum(r['kind'] == k for r in rows)} {k}"
                          for k in ("single", "double", "triple", "none"))
              + "), paraphrases written for the benchmark that avoid each style's name; never "
              "used to train the embedder, the weight encoder or the calibration. A view "
              "alone uses the same calibration as the fused retriever. The metadata view "
              "covers only the 21 LoRAs whose files carry metadata; the 7 sparse files "
-             "(hash-like names, no tags) are invisible to it by design.", "",
+             "(hash-like names, no tags) are invisible to it by design. *Bare content*: "
+             f"{len(rows) - written} generated prompts, every colour and shape of the world "
+             "('a blue square', 'blue squares', 'two blue squares').", "",
              "| metric | " + " | ".join(table) + " |", "|---" * (len(table) + 1) + "|"]
     for metric in metrics:
         lines.append(f"| {metric} | " + " | ".join(f"{table[v][metric]:.3f}" for v in table)
