@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import threading
 
 import pytest
@@ -252,8 +253,8 @@ def test_concurrent_uploads_from_threads_and_two_handles(tmp_path):
         cat.close()
 
 
-
 def _open_at_the_barrier(path, barrier, failures) -> None:
+    Catalog.open(f"{path}.{os.getpid()}").close()  # warm: the race is in the open, not imports
     barrier.wait()
     try:
         Catalog.open(path).close()
@@ -264,10 +265,12 @@ def _open_at_the_barrier(path, barrier, failures) -> None:
 def test_processes_opening_one_new_catalog_at_once_all_open_it(tmp_path):
     """A server and CLI commands started together on a fresh install: SQLite refuses the
     switch to WAL with "database is locked" at once, busy timeout or not, while another
-    process opens the same new file; every process must still open it."""
-    context = multiprocessing.get_context("fork")
+    process opens the same new file; every process must still open it. (The workers fork
+    from a fork server, not from this process and whatever threads it runs.)"""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     failures = context.Queue()
-    for round_ in range(20):
+    for round_ in range(40):
         barrier = context.Barrier(6)
         path = tmp_path / f"catalog{round_}.db"
         workers = [context.Process(target=_open_at_the_barrier, args=(path, barrier, failures))
@@ -278,6 +281,7 @@ def test_processes_opening_one_new_catalog_at_once_all_open_it(tmp_path):
             worker.join(60)
         assert [w.exitcode for w in workers] == [0] * 6
     assert failures.empty(), failures.get()
+
 
 V1_ROWS = [
     {"id": "old-style", "sha256": sha("old"), "name": "Old Style", "description": "From v1",
