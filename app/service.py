@@ -19,6 +19,7 @@ from app.library_api import (
 )
 from fusion.base import BaseModel, BaseModelError, load_base
 from fusion.engine import GenerationEngine, LoraUse
+from fusion.recipe import CONTENT_GUIDED as CONTENT_GUIDED  # the page: where it runs
 from fusion.recipe import Recipe, RecipeLora, save_png
 from styles.errors import LoraRefused
 from styles.reader import ReadOptions, read_lora

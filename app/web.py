@@ -16,7 +16,14 @@ import gradio as gr
 from PIL import Image
 
 from app import web_views as views
-from app.service import GenerateRequest, LoraRequest, LoratlasService, Recipe, ServiceError
+from app.service import (
+    CONTENT_GUIDED,
+    GenerateRequest,
+    LoraRequest,
+    LoratlasService,
+    Recipe,
+    ServiceError,
+)
 
 UI_MODES = ("gated", "cmlora", "composite", "switch", "merge")
 MAX_STYLES = 6  # style rows on the Create tab
@@ -146,6 +153,22 @@ class WebApp:
             return self.retrieve(prompt), ""
         except gr.Error as exc:
             return None, f"Style suggestions unavailable: {exc.message}"
+
+    def shown_content_guidance(self, styles: list | None, mode: str, style_default: bool):
+        """While "As the style recommends" is ticked, the slider shows what will apply: the
+        content guidance the only style recommends (in the modes that can run it), else 0.
+        Unticked, it keeps the user's value."""
+        if not style_default:
+            return gr.update()
+        chosen = lora_requests(styles)
+        value = 0.0
+        if len(chosen) == 1 and mode in CONTENT_GUIDED:
+            try:
+                card = self._call("style_card", chosen[0].ref)
+            except gr.Error:  # a style removed meanwhile: the request will say so
+                return gr.update(value=value)
+            value = float((card.recommended or {}).get("content_guidance", 0.0))
+        return gr.update(value=value)
 
     def settle_suggestions(self, prompt: str, styles: list | None, dismissed: list) -> list:
         """The styles to generate with. Suggestions made for an earlier state of the prompt
@@ -432,6 +455,10 @@ class WebApp:
             show_gate_map, gate_json, gate_image, api_visibility="private", queue=False)
         keep_default.change(lambda on: gr.update(interactive=not on), keep_default, keep,
                             api_visibility="private", show_progress="hidden", queue=False)
+        for changed in (styles, mode, keep_default):
+            changed.change(self.shown_content_guidance, [styles, mode, keep_default], keep,
+                           api_visibility="private", show_progress="hidden",
+                           concurrency_id="light")
         form = [prompt, styles, mode, steps, seed, size, count, keep, keep_default]
         replay.click(self.replay, recipe_in, [*results, *form, replayed],
                      api_name="replay", concurrency_id="generate", concurrency_limit=1).then(

@@ -121,6 +121,8 @@ def test_open_the_atlas_and_use_a_style(page, service):
     use.click()
     label = page.locator("#style-label-0")
     playwright.expect(label).to_contain_text(slug)
+    # the slider shows the content guidance the style alone will get
+    playwright.expect(page.locator("#content-guidance input[type=number]")).to_have_value("0.5")
     # a prompt retrieval suggests no style for ("a blue square" now brings blueprint, which
     # would make a blend, and a blend gets no style's recommendation)
     page.fill("#prompt textarea", "a red star")

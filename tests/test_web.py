@@ -102,6 +102,19 @@ def test_content_guidance_is_the_styles_own_unless_set(app, fake):
         assert fake.calls[-1][1].content_guidance == sent
 
 
+def test_the_slider_shows_the_content_guidance_that_will_apply(app, fake):
+    """Ticked, the slider shows the only style's recommendation (0 for a blend, or in a mode
+    that cannot run it); unticked, it keeps the user's value."""
+    fake.cards["pixel-art"].recommended = {"guidance_scale": 1.5, "content_guidance": 1.0}
+    one, two = [{"slug": "pixel-art"}], [{"slug": "pixel-art"}, {"slug": "neon-night"}]
+    for styles, mode, ticked, shown in ((one, "gated", True, 1.0), (one, "merge", True, 1.0),
+                                        (one, "composite", True, 0.0), (two, "gated", True, 0.0),
+                                        ([], "gated", True, 0.0),
+                                        ([{"slug": "neon-night"}], "gated", True, 0.0)):
+        assert app.shown_content_guidance(styles, mode, ticked).get("value") == shown, styles
+    assert "value" not in app.shown_content_guidance(one, "gated", False)
+
+
 def test_replay_reloads_a_recipe_png_and_fills_the_form(app, fake):
     gallery, *_ = app.generate("a green star", [{"slug": "pixel-art", "weight": 0.5}], "merge",
                                3, 9, "native", 1, 1.5, progress=no_progress)
