@@ -19,7 +19,6 @@ from app.library_api import (
 )
 from fusion.base import BaseModel, BaseModelError, load_base
 from fusion.engine import GenerationEngine, LoraUse
-from fusion.recipe import CONTENT_GUIDED as CONTENT_GUIDED  # the page: where it runs
 from fusion.recipe import Recipe, RecipeLora, save_png
 from styles.errors import LoraRefused
 from styles.reader import ReadOptions, read_lora
@@ -307,16 +306,27 @@ class LoratlasService:
     def generate(self, request: GenerateRequest, out_dir: str | Path | None = None,
                  on_step=None) -> GenerateResult:
         """Generate images with the requested LoRAs; write PNGs with recipes if out_dir."""
+        uses, styles = self._requested(request)
+        result = self._run(self._recipe(request, uses), uses, out_dir, on_step)
+        result.styles = styles
+        return result
+
+    def plan(self, request: GenerateRequest) -> Recipe:
+        """The recipe `generate` would run for the request, its unset settings resolved (the
+        only style's recommendations, else the base model's); nothing is generated."""
+        uses, _ = self._requested(request)
+        return self._recipe(request, uses)
+
+    def _requested(self, request: GenerateRequest) -> tuple[list[LoraUse], list[dict]]:
+        """The request's LoRAs, with those retrieval finds for its prompt (`auto`), and
+        those hits."""
         engine = self.engine
         loras, styles = list(request.loras), []
         if request.auto > 0:  # the styles retrieval finds for the prompt
             styles = self.retrieve(request.prompt, k=request.auto).hits
             listed = {item.ref for item in loras}
             loras += [LoraRequest(hit["slug"]) for hit in styles if hit["slug"] not in listed]
-        uses = [self._use(item, engine) for item in loras]
-        result = self._run(self._recipe(request, uses), uses, out_dir, on_step)
-        result.styles = styles
-        return result
+        return [self._use(item, engine) for item in loras], styles
 
     def generate_many(self, requests: list[GenerateRequest]) -> list:
         """One image per request, for requests that differ only in prompt and seed (a

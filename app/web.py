@@ -16,14 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from app import web_views as views
-from app.service import (
-    CONTENT_GUIDED,
-    GenerateRequest,
-    LoraRequest,
-    LoratlasService,
-    Recipe,
-    ServiceError,
-)
+from app.service import GenerateRequest, LoraRequest, LoratlasService, Recipe, ServiceError
 
 UI_MODES = ("gated", "cmlora", "composite", "switch", "merge")
 MAX_STYLES = 6  # style rows on the Create tab
@@ -155,20 +148,17 @@ class WebApp:
             return None, f"Style suggestions unavailable: {exc.message}"
 
     def shown_content_guidance(self, styles: list | None, mode: str, style_default: bool):
-        """While "As the style recommends" is ticked, the slider shows what will apply: the
-        content guidance the only style recommends (in the modes that can run it), else 0.
-        Unticked, it keeps the user's value."""
+        """While "As the style recommends" is ticked, the slider shows the content guidance
+        the request will get (the service resolves it as `generate` does); unticked, it keeps
+        the user's value."""
         if not style_default:
             return gr.update()
-        chosen = lora_requests(styles)
-        value = 0.0
-        if len(chosen) == 1 and mode in CONTENT_GUIDED:
-            try:
-                card = self._call("style_card", chosen[0].ref)
-            except gr.Error:  # a style removed meanwhile: the request will say so
-                return gr.update(value=value)
-            value = float((card.recommended or {}).get("content_guidance", 0.0))
-        return gr.update(value=value)
+        try:
+            planned = self._call("plan", GenerateRequest(prompt="", loras=lora_requests(styles),
+                                                         mode=mode))
+        except gr.Error:  # a style removed meanwhile: Generate will say so
+            return gr.update()
+        return gr.update(value=float(planned.content_guidance))
 
     def settle_suggestions(self, prompt: str, styles: list | None, dismissed: list) -> list:
         """The styles to generate with. Suggestions made for an earlier state of the prompt

@@ -327,15 +327,15 @@ def cluster_labels(members: Mapping[int, Sequence[str]], tags: Mapping[str, Sequ
     tagged = {c: [s for s in ms if _style_tags(tags, s)] for c, ms in members.items()}
     total = sum(len(m) for m in tagged.values())
     overall = Counter(t for ms in tagged.values() for s in ms for t in _style_tags(tags, s))
-    out, inside = {}, {}
+    out, inside, least = {}, {}, {}
     for cluster, ms in tagged.items():
         inside[cluster] = Counter(t for s in ms for t in _style_tags(tags, s))
         scored = sorted((-_distinctiveness(n / len(ms), overall[t] / total), -n, t)
                         for t, n in inside[cluster].items())
         picked = [t for score, n, t in scored if score < -1e-12 and -n >= min_share * len(ms)]
-        least = min(2, math.ceil(min_share * len(ms)))  # a tag of one member of many: no
+        least[cluster] = min(2, math.ceil(min_share * len(ms)))  # one member's of many: no
         common = [t for n, t in sorted((-n, t) for t, n in inside[cluster].items())
-                  if -n >= least]
+                  if -n >= least[cluster]]
         out[cluster] = (picked or common)[:top]
     for label, count in Counter(tuple(v) for v in out.values()).items():
         if count < 2 or not label:
@@ -345,9 +345,8 @@ def cluster_labels(members: Mapping[int, Sequence[str]], tags: Mapping[str, Sequ
             size = len(tagged[cluster])
             rival = {t: max(inside[o][t] / len(tagged[o]) for o in group if o != cluster)
                      for t in inside[cluster]}
-            least = min(2, math.ceil(min_share * size))
             apart = sorted((rival[t] - n / size, -n, t) for t, n in inside[cluster].items()
-                           if t not in label and n >= least and n / size > rival[t])
+                           if t not in label and n >= least[cluster] and n / size > rival[t])
             if apart:
                 out[cluster] = [*label, apart[0][2]]
     return out

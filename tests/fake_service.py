@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -81,6 +82,20 @@ class FakeService:
                   "loras": [{"ref": x.ref, "sha256": "0" * 64, "weight": x.weight}
                             for x in request.loras]}
         return self._images(recipe, out_dir, on_step, gated=request.mode == "gated")
+
+    def plan(self, request: GenerateRequest) -> SimpleNamespace:
+        """As the real service resolves an unset content guidance (fusion.engine
+        .recommended_settings): the only style's recommendation, in the modes that run it."""
+        self.calls.append(("plan", request))
+        for lora in request.loras:
+            if lora.ref not in self.cards:
+                raise ServiceError(f"LoRA '{lora.ref}' is not in the library")
+        own = {}
+        if len(request.loras) == 1 and request.mode in ("merge", "switch", "gated"):
+            own = self.cards[request.loras[0].ref].recommended or {}
+        chosen = request.content_guidance
+        return SimpleNamespace(content_guidance=own.get("content_guidance", 0.0)
+                               if chosen is None else chosen)
 
     def replay(self, recipe, out_dir=None) -> GenerateResult:
         self.calls.append(("replay", recipe))

@@ -89,6 +89,11 @@ def test_a_starter_style_brings_its_recommended_settings_when_alone():
     assert ran([slug], guidance_scale=3.0)[:2] == (3.0, own["content_guidance"])
     assert ran([slug, other])[:2] == ran([other])[:2] == (pack, 0.0)
     assert ran([slug], mode="composite")[:2] == (own["guidance_scale"], 0.0)
+    # `plan` (what the page's slider shows) resolves them as `generate` does, generating nothing
+    for refs, mode in (([slug], "gated"), ([slug], "composite"), ([slug, other], "merge")):
+        planned = service.plan(GenerateRequest(prompt="", loras=[LoraRequest(r) for r in refs],
+                                               mode=mode))
+        assert (planned.guidance_scale, planned.content_guidance) == ran(refs, mode=mode)[:2]
     # and its card says so
     assert service.style_card(slug).recommended == own
     assert not service.style_card(other).recommended
