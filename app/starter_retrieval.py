@@ -20,6 +20,7 @@ from styles.starter.paths import STARTER_DIR, starter_loras
 from styles.starter.world import caption, sample_scene
 
 CALIBRATION_SEED = 70_000
+NEGATIVES_SEED = 71_000
 WEIGHTS_DIR = STARTER_DIR / "weight_encoder"
 CALIBRATION_FILE = STARTER_DIR / "retrieval_calibration.json"
 VIEWS_DIR = STARTER_DIR / "views"
@@ -41,10 +42,23 @@ def calibration_prompts() -> tuple[list[str], list[tuple[str, str]]]:
     return nulls, positives
 
 
+ENCODER_MEMBERS = 5
+
+
+def style_free_prompts(count: int = 256) -> list[str]:
+    """Captions of scenes that ask for no style, from a seed of their own: the weights view's
+    negatives."""
+    rng = np.random.default_rng(NEGATIVES_SEED)
+    return [caption(sample_scene(rng, n_objects=int(rng.integers(1, 3))), rng)
+            for _ in range(count)]
+
+
 def train_encoder(retriever: StyleRetriever, loras: dict[str, LoraFile], slugs: list[str],
-                  seed: int = 0) -> WeightEncoder:
+                  seed: int = 0, members: int = ENCODER_MEMBERS) -> WeightEncoder:
     targets = [retriever.embedder.encode_texts(style_texts(s)) for s in slugs]
-    return train_weight_encoder([loras[s] for s in slugs], targets, steps=400, seed=seed)
+    negatives = retriever.embedder.encode_texts(style_free_prompts())
+    return train_weight_encoder([loras[s] for s in slugs], targets, steps=400, seed=seed,
+                                members=members, negatives=negatives)
 
 
 def starter_views_file(embedder: Embedder, base_id: str):
@@ -56,9 +70,11 @@ def starter_word_view_file(embedder: Embedder, base_id: str):
 
 
 def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
-                            base_id: str) -> StyleRetriever:
-    """Render the probes (thumbnails), embed the views, train the weight encoder, fit the words
-    view on the pack's LoRAs, calibrate; write them all inside the starter pack."""
+                            base_id: str, seed: int = 0,
+                            members: int = ENCODER_MEMBERS) -> StyleRetriever:
+    """Render the probes (thumbnails), embed the views, train the weight encoder (from `seed`),
+    fit the words view on the pack's LoRAs, calibrate; write them all inside the starter
+    pack."""
     styles = load_styles(starter_loras(), engine.base.table, "starter")
     views_file = starter_views_file(embedder, base_id)
     for stale in VIEWS_DIR.glob("*.npz"):
@@ -74,7 +90,7 @@ def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
     retriever = build_retriever(styles, embedder, engine, cache, None, None, THUMBNAILS_DIR,
                                 word_view)
     loras = {slug: style.lora for slug, style in styles.items()}
-    encoder = train_encoder(retriever, loras, sorted(loras))
+    encoder = train_encoder(retriever, loras, sorted(loras), seed, members)
     encoder.save(WEIGHTS_DIR)
     retriever.indexes["weights"] = index_of({s: encoder.embed([loras[s]])[0] for s in loras},
                                             embedder.version)
@@ -88,10 +104,11 @@ def build_starter_retrieval(engine: GenerationEngine, embedder: Embedder,
     return retriever
 
 
-def rebuild_for(service) -> StyleRetriever:
+def rebuild_for(service, seed: int = 0, members: int = ENCODER_MEMBERS) -> StyleRetriever:
     """The starter artifacts for the service's (starter) base model."""
     from app.service import renders_key
     from retrieval.embedders import starter_embedder
 
     engine = service.engine
-    return build_starter_retrieval(engine, starter_embedder(), renders_key(engine))
+    return build_starter_retrieval(engine, starter_embedder(), renders_key(engine), seed,
+                                   members)

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,13 @@ class LibraryParts:
     limits: ReadLimits = field(default_factory=ReadLimits)
     base_id: str = "base"  # fingerprint of the base model: probe renders depend on it
     word_view: WordView | None = None  # the training-free weights view (`words`)
+
+    @cached_property
+    def weight_views_id(self) -> str:
+        """What the weights views are read with (encoder and words view, by content): a style
+        whose vectors were read with other ones gets them again (`_refresh_weight_views`)."""
+        return ":".join([self.weight_encoder.digest if self.weight_encoder is not None else "-",
+                         self.word_view.digest if self.word_view is not None else "-"])
 
 
 WEIGHT_VIEWS = ("weights", "words")  # a style has one of them: see `_weight_views`
@@ -344,6 +352,7 @@ class StyleLibrary:
             return {}
         found = self.parts.word_view.embed(lora) if self.parts.word_view is not None else None
         entry.extra["weight_words"] = found[1] if found else []
+        entry.extra["weight_views_by"] = self.parts.weight_views_id
         encoder = self.parts.weight_encoder
         if encoder is not None and encoder.knows(lora, fingerprint):
             return {"weights": encoder.embed([lora])[0]}
@@ -422,21 +431,23 @@ class StyleLibrary:
             images = _thumbnail_images(self.blobs, entry) if self.applicable(entry) else None
             self.retriever.add_style(self._record(entry), self._views(entry, lora, images))
             self.fingerprints.add([entry.id], weight_fingerprint(lora)[None])
-        backfilled = self._backfill_words(entries.values())
-        if stray or missing or backfilled:
+        refreshed = self._refresh_weight_views(entries.values())
+        if stray or missing or refreshed:
             self._save_indexes()
         self.recovered += [f"re-indexed {e.id}" for e in missing]
-        self._sync_atlas(entries)
+        self._sync_atlas(entries, redraw=bool(refreshed))  # drawn from the vectors replaced
 
-    def _backfill_words(self, entries) -> int:
-        """Styles indexed before the words view existed get their weights view again: the
-        words for LoRAs the encoder never saw (their encoder vector was noise), the encoder's
-        for the others. Weights only, no rendering; each entry is done once."""
-        if self.parts.word_view is None:
+    def _refresh_weight_views(self, entries) -> int:
+        """Styles whose weights view was read with another encoder or words view than the
+        library's now (an updated starter pack retrains both; styles indexed before the words
+        view existed) get it again: the words for LoRAs the encoder never saw, the encoder's
+        for the others. Weights only, no rendering; each entry once per encoder and view."""
+        if self.parts.word_view is None and self.parts.weight_encoder is None:
             return 0
         done = 0
         for entry in entries:
-            if "weight_words" in entry.extra or entry.family != self.base_family:
+            if entry.extra.get("weight_views_by") == self.parts.weight_views_id or \
+                    entry.family != self.base_family:
                 continue
             vectors = {view: v for view in self.retriever.indexes if view not in WEIGHT_VIEWS
                        and (v := self.retriever.vector(view, entry.id)) is not None}
@@ -444,7 +455,7 @@ class StyleLibrary:
                 vectors.update(self._weight_views(entry, self.lora(entry.id)))
             except (LoraRefused, OSError) as exc:  # kept as it was; listed for the user
                 self.recovered.append(f"no weights view for {entry.id}: {exc}")
-                entry.extra["weight_words"] = []
+                entry.extra.update(weight_words=[], weight_views_by=self.parts.weight_views_id)
             entry = self.catalog.update(entry.id, extra=entry.extra)
             self.retriever.add_style(self._record(entry), vectors)
             done += 1
@@ -481,15 +492,16 @@ class StyleLibrary:
                 pass  # an older version's, or a damaged cache: rebuilt from the catalog below
         return AtlasLayout()
 
-    def _sync_atlas(self, entries: dict[str, StyleEntry]) -> None:
-        """Fit the map if it is empty or was drawn from fewer than half the styles it now holds
-        (its clusters came from too few), else place new styles and drop deleted ones."""
+    def _sync_atlas(self, entries: dict[str, StyleEntry], redraw: bool = False) -> None:
+        """Fit the map if it is empty, was drawn from fewer than half the styles it now holds
+        (its clusters came from too few) or from vectors since replaced (`redraw`), else
+        place new styles and drop deleted ones."""
         placed = set(self.atlas.ids)
         gone = placed - set(entries)
         for style_id in gone:
             self.atlas.remove(style_id)
         new = [e for e in entries.values() if e.id not in placed]
-        refit = len(entries) >= 3 and (not placed - gone or
+        refit = len(entries) >= 3 and (redraw or not placed - gone or
                                        len(entries) >= 2 * self.atlas.fitted_on)
         if refit:
             self.refit_atlas(entries, save=False)

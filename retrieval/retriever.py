@@ -55,13 +55,21 @@ class StyleHit:
 @dataclass
 class Calibration:
     """Per view and style, the mean score of prompts that ask for no style; per view, the
-    spread; the fused-score threshold for a hit (in null standard deviations)."""
+    spread, its weight and its scale (how far above the null mean a requested style scores, in
+    null standard deviations); the fused-score threshold for a hit.
+
+    A style's fused score is its views' weighted evidence over what a typical hit would get
+    from the same views, so a typical hit scores about 1 whatever views a style has: a nameless
+    upload, with no metadata and no weights view, is not outranked by the mere scale of the
+    starter styles' stronger views. A calibration saved without scales keeps scale 1: scores
+    and threshold in null standard deviations, as before."""
 
     null_mean: dict[str, dict[str, float]]
     null_std: dict[str, float]
     threshold: float = 2.5
     duplicate_cosine: float = 0.985
     view_weights: dict[str, float] = field(default_factory=dict)  # missing view: weight 1
+    view_scale: dict[str, float] = field(default_factory=dict)  # missing view: scale 1
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -199,12 +207,13 @@ class StyleRetriever:
         for view, (view_ids, sims) in self.view_scores(queries, ids).items():
             z = (sims - self._null_means(view, view_ids)) / self.calibration.null_std.get(view, 1.0)
             weight = self.calibration.view_weights.get(view, 1.0)
+            typical_hit = weight * self.calibration.view_scale.get(view, 1.0)
             for column, sid in enumerate(view_ids):
                 j = position.get(sid)
                 if j is None:
                     continue
                 total[:, j] += weight * z[:, column]
-                count[j] += weight
+                count[j] += typical_hit
                 raw.setdefault(sid, {})[view] = float(sims[:, column].max())
         return ids, total / np.maximum(count, 1), {"clauses": parts, "raw": raw}
 
@@ -272,7 +281,8 @@ def calibrate(retriever: StyleRetriever, null_prompts: Sequence[str],
         means[view] = {sid: float(sims[:, j].mean()) for j, sid in enumerate(ids)}
         stds[view] = float((sims - sims.mean(axis=0)).std()) + 1e-6
     retriever.calibration = Calibration(means, stds, threshold=0.0)
-    retriever.calibration.view_weights = view_weights(retriever, null_prompts, positives)
+    retriever.calibration.view_weights, retriever.calibration.view_scale = view_statistics(
+        retriever, null_prompts, positives)
     return fit_threshold(retriever, null_prompts, positives)
 
 
@@ -285,7 +295,8 @@ def fit_threshold(retriever: StyleRetriever, null_prompts: Sequence[str],
     for prompt, style in positives:
         ids, scores, _ = retriever.fused(prompt)
         positive_scores.append(scores.max(axis=0)[ids.index(style)])
-    candidates = np.linspace(0.5, 8.0, 76)
+    candidates = np.linspace(0.02, 2.0, 100) if retriever.calibration.view_scale else \
+        np.linspace(0.5, 8.0, 76)  # in typical hits, or in null standard deviations
     balanced = np.array([(np.mean(np.array(positive_scores) >= t) + np.mean(null_best < t)) / 2
                          for t in candidates])
     retriever.calibration.threshold = plateau_middle(candidates, balanced)
@@ -303,12 +314,15 @@ def plateau_middle(candidates: np.ndarray, accuracy: np.ndarray) -> float:
     return float(candidates[(first + last) // 2])
 
 
-def view_weights(retriever: StyleRetriever, null_prompts: Sequence[str],
-                 positives: Sequence[tuple[str, str]]) -> dict[str, float]:
+def view_statistics(retriever: StyleRetriever, null_prompts: Sequence[str],
+                    positives: Sequence[tuple[str, str]]
+                    ) -> tuple[dict[str, float], dict[str, float]]:
     """Per view, how well it separates a requested style from style-free prompts (d′ of its
-    standardised scores, floored at 0.05), so a weak view cannot drown a strong one."""
+    standardised scores, floored at 0.05), so a weak view cannot drown a strong one; and its
+    scale: how far above the null mean a requested style scores, in null standard deviations
+    (floored at 0.5)."""
     calibration = retriever.calibration
-    out = {}
+    weights, scales = {}, {}
     for view in retriever.indexes:
         alone = StyleRetriever(retriever.embedder, retriever.records,
                                {view: retriever.indexes[view]}, calibration)
@@ -321,5 +335,6 @@ def view_weights(retriever: StyleRetriever, null_prompts: Sequence[str],
         if not hits:
             continue
         spread = np.sqrt((np.var(hits) + np.var(nulls)) / 2) + 1e-6
-        out[view] = round(max(0.05, float((np.mean(hits) - nulls.mean()) / spread)), 4)
-    return out
+        weights[view] = round(max(0.05, float((np.mean(hits) - nulls.mean()) / spread)), 4)
+        scales[view] = round(max(0.5, float(np.mean(hits) - nulls.mean())), 4)
+    return weights, scales

@@ -5,7 +5,9 @@ rank itself, do not matter) is sketched with fixed random matrices seeded by the
 path: S = Aᵀ ΔW B (p×p), normalised, plus log‖ΔW‖ and the module's place in the network.
 A small set encoder (shared token MLP, attention pooling over whatever modules the LoRA
 covers) maps the tokens into the text space; it is trained contrastively against the text
-embeddings of the styles' descriptions, with the text tower frozen.
+embeddings of the styles' descriptions, with the text tower frozen. Several such encoders,
+trained from different seeds, are averaged: one alone places the LoRAs differently for each
+seed, enough to move retrieval's figures by several prompts (retrieval_quality.md).
 """
 
 from __future__ import annotations
@@ -77,10 +79,29 @@ class EncoderConfig:
     embed_dim: int
     hidden: int = 256
     version: str = "w1"
+    members: int = 1  # encoders from different seeds, averaged
+
+
+class _Member(nn.Module):
+    """Tokens of any number of modules → one unit vector (attention pooling)."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.token = nn.Sequential(nn.Linear(TOKEN_DIM, config.hidden), nn.GELU(),
+                                   nn.Linear(config.hidden, config.hidden), nn.GELU())
+        self.attend = nn.Linear(config.hidden, 1)
+        self.head = nn.Sequential(nn.LayerNorm(config.hidden),
+                                  nn.Linear(config.hidden, config.embed_dim))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.token(tokens)
+        logits = self.attend(hidden).squeeze(-1).masked_fill(~mask, float("-inf"))
+        pooled = (torch.softmax(logits, dim=1).unsqueeze(-1) * hidden).sum(1)
+        return nn.functional.normalize(self.head(pooled), dim=-1)
 
 
 class WeightEncoder(nn.Module):
-    """Tokens of any number of modules → one unit vector (attention pooling).
+    """Tokens of any number of modules → one unit vector: the normalised mean of its members'.
 
     It places the LoRAs it was trained on well and any other LoRA at about chance
     (retrieval_quality.md), so it keeps the fingerprints of its training LoRAs: `knows`."""
@@ -89,18 +110,12 @@ class WeightEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.trained_on: np.ndarray | None = None  # weight_fingerprint of each training LoRA
-        self.token = nn.Sequential(nn.Linear(TOKEN_DIM, config.hidden), nn.GELU(),
-                                   nn.Linear(config.hidden, config.hidden), nn.GELU())
-        self.attend = nn.Linear(config.hidden, 1)
-        self.head = nn.Sequential(nn.LayerNorm(config.hidden),
-                                  nn.Linear(config.hidden, config.embed_dim))
+        self.members = nn.ModuleList(_Member(config) for _ in range(config.members))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """tokens (b, n, d), mask (b, n) true where a module is present → (b, embed_dim)."""
-        hidden = self.token(tokens)
-        logits = self.attend(hidden).squeeze(-1).masked_fill(~mask, float("-inf"))
-        pooled = (torch.softmax(logits, dim=1).unsqueeze(-1) * hidden).sum(1)
-        return nn.functional.normalize(self.head(pooled), dim=-1)
+        mean = torch.stack([member(tokens, mask) for member in self.members]).mean(0)
+        return nn.functional.normalize(mean, dim=-1)
 
     def knows(self, lora: LoraFile, fingerprint: np.ndarray | None = None) -> bool:
         """Was this LoRA (these weights, whatever the file) among the training LoRAs? Pass its
@@ -112,6 +127,15 @@ class WeightEncoder(nn.Module):
             fingerprint = weight_fingerprint(lora)
         return bool(len(self.trained_on)) and \
             float((self.trained_on @ fingerprint).max()) >= SEEN_COSINE
+
+    @property
+    def digest(self) -> str:
+        """Names these weights: a library re-derives the vectors it stored from another."""
+        h = hashlib.sha256()
+        for key, value in sorted(self.state_dict().items()):
+            h.update(key.encode())
+            h.update(value.detach().float().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def embed(self, loras: Sequence[LoraFile]) -> np.ndarray:
         with torch.no_grad():
@@ -133,7 +157,10 @@ class WeightEncoder(nn.Module):
         from safetensors.torch import load_file
 
         model = cls(EncoderConfig(**json.loads((folder / "weight_encoder.json").read_text())))
-        model.load_state_dict(load_file(str(folder / "weight_encoder.safetensors")))
+        state = load_file(str(folder / "weight_encoder.safetensors"))
+        if not any(key.startswith("members.") for key in state):  # saved before ensembles
+            state = {f"members.0.{key}": value for key, value in state.items()}
+        model.load_state_dict(state)
         if (folder / "trained_on.npy").is_file():
             model.trained_on = np.load(folder / "trained_on.npy")
         return model.eval()
@@ -160,16 +187,34 @@ def augment(tokens: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_weight_encoder(loras: Sequence[LoraFile], text_targets: Sequence[np.ndarray],
-                         steps: int = 600, seed: int = 0, lr: float = 2e-3) -> WeightEncoder:
+                         steps: int = 600, seed: int = 0, lr: float = 2e-3,
+                         members: int = 1, negatives: np.ndarray | None = None
+                         ) -> WeightEncoder:
     """Contrastive: LoRA i's embedding near the text embeddings of its style (frozen tower).
 
-    `text_targets[i]` holds several unit text embeddings describing LoRA i's style."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    dim = int(text_targets[0].shape[1])
-    model = WeightEncoder(EncoderConfig(embed_dim=dim))
+    `text_targets[i]` holds several unit text embeddings describing LoRA i's style;
+    `negatives`, unit text embeddings of prompts that ask for no style, which every LoRA is
+    pushed away from as from the other LoRAs' texts. Each of the `members` encoders trains
+    alone, from seed `seed · members + i` (so the members of two seeds never share one)."""
+    config = EncoderConfig(embed_dim=int(text_targets[0].shape[1]), members=members)
+    model = WeightEncoder(config)
     base_tokens = [lora_tokens(lora) for lora in loras]
     targets = [torch.from_numpy(t).float() for t in text_targets]
+    bank = torch.zeros(0, config.embed_dim) if negatives is None else \
+        nn.functional.normalize(torch.from_numpy(negatives).float(), dim=-1)
+    model.members = nn.ModuleList(
+        _train_member(config, base_tokens, targets, bank, steps, seed * members + i, lr)
+        for i in range(members))
+    model.trained_on = np.stack([weight_fingerprint(lora) for lora in loras])
+    return model.eval()
+
+
+def _train_member(config: EncoderConfig, base_tokens: list[torch.Tensor],
+                  targets: list[torch.Tensor], negatives: torch.Tensor, steps: int, seed: int,
+                  lr: float) -> _Member:
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = _Member(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
     logit_scale = torch.tensor(np.log(1 / 0.07))
     for _ in range(steps):
@@ -177,15 +222,14 @@ def train_weight_encoder(loras: Sequence[LoraFile], text_targets: Sequence[np.nd
         text = torch.stack([t[torch.randint(len(t), (1,), generator=g)].squeeze(0)
                             for t in targets])
         text = nn.functional.normalize(text, dim=-1)
-        logits = logit_scale.exp() * model(tokens, mask) @ text.T
-        labels = torch.arange(len(loras))
+        logits = logit_scale.exp() * model(tokens, mask) @ torch.cat([text, negatives]).T
+        labels = torch.arange(len(base_tokens))
         loss = (nn.functional.cross_entropy(logits, labels)
-                + nn.functional.cross_entropy(logits.T, labels)) / 2
+                + nn.functional.cross_entropy(logits[:, :len(labels)].T, labels)) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    model.trained_on = np.stack([weight_fingerprint(lora) for lora in loras])
-    return model.eval()
+    return model
 
 
 SEEN_COSINE = 0.999  # as for near-duplicate uploads

@@ -20,6 +20,7 @@ hundred words), only the words whose input embedding stands out of the bulk by n
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -182,6 +183,16 @@ class WordView:
         else:
             self.mean = self.std = None
         return self
+
+    @property
+    def digest(self) -> str:
+        """Names this view as fitted: a library re-derives the vectors it stored from another."""
+        h = hashlib.sha256("\n".join(self.words).encode())
+        for array in (self.states, self.text, self.mean, self.std):
+            if array is not None:
+                h.update(np.ascontiguousarray(array, np.float32).tobytes())
+        h.update(f"{self.top}:{STATES_METHOD}".encode())
+        return h.hexdigest()[:16]
 
     # -- files -------------------------------------------------------------------------------
     def save(self, path: Path) -> Path:

@@ -120,3 +120,45 @@ def test_threshold_sits_in_the_middle_of_tied_best_candidates():
     assert plateau_middle(candidates, np.array([.5, .9, 1., 1., 1., .7])) == 2.0
     assert plateau_middle(candidates, np.array([.5, 1., .9, 1., .8, .7])) == 1.0  # first run
     assert plateau_middle(candidates, np.array([.5, .6, .7, .8, .9, 1.])) == 3.0
+
+
+def test_a_style_with_fewer_weaker_views_is_not_outranked_by_the_scale_of_stronger_ones():
+    """A nameless upload has only its probes; a starter style also has metadata and a weights
+    view whose hits sit far above its nulls. On the upload's own prompt the starter style's
+    views react more than their nulls, far less than to its own hits: it must not win."""
+    embedder = TableEmbedder({"grainy": AXES[0], "neon": AXES[1]})
+    records = {"nameless": StyleRecord("nameless", "lora_1234", "sd1"),
+               "starter": StyleRecord("starter", "Neon", "sd1")}
+    vectors = {"probes": {"nameless": 0.4 * AXES[0] + np.sqrt(0.84) * AXES[2]},
+               "metadata": {"starter": 0.5 * AXES[0] + np.sqrt(0.75) * AXES[1]},
+               "weights": {"starter": 0.6 * AXES[0] + 0.8 * AXES[1]}}
+    nulls = {view: dict.fromkeys(table, 0.0) for view, table in vectors.items()}
+    weights = {"probes": 2.0, "metadata": 2.0, "weights": 6.0}
+    scales = {"probes": 4.0, "metadata": 4.0, "weights": 9.0}  # a typical hit, in null SDs
+    std = dict.fromkeys(vectors, 0.1)
+    scaled = StyleRetriever.from_vectors(embedder, records, vectors,
+                                         Calibration(nulls, std, 0.9, view_weights=weights,
+                                                     view_scale=scales))
+    ids, scores, _ = scaled.fused("grainy")
+    best = dict(zip(ids, scores.max(axis=0), strict=True))
+    assert best["nameless"] > best["starter"]
+    assert best["nameless"] == pytest.approx(4 / 4)  # z 4 in its probes: a typical hit
+    assert best["starter"] == pytest.approx((2 * 5 + 6 * 6) / (2 * 4 + 6 * 9))
+    assert [h.slug for h in scaled.retrieve("grainy")] == ["nameless"]
+    # without scales (scores in null SDs, as calibrations saved before them), the starter
+    # style's stronger views alone would put it first
+    unscaled = StyleRetriever.from_vectors(embedder, records, vectors,
+                                           Calibration(nulls, std, 0.5, view_weights=weights))
+    ids, scores, _ = unscaled.fused("grainy")
+    best = dict(zip(ids, scores.max(axis=0), strict=True))
+    assert best["starter"] > best["nameless"]
+
+
+def test_calibration_scales_each_view_by_its_typical_hit():
+    retriever = _retriever()
+    calibration = retriever.calibration
+    assert set(calibration.view_scale) == set(calibration.view_weights) == {"metadata",
+                                                                            "probes"}
+    assert all(scale >= 0.5 for scale in calibration.view_scale.values())
+    ids, scores, _ = retriever.fused("a star, brown")
+    assert scores.max(axis=0)[ids.index("sepia")] > calibration.threshold

@@ -65,3 +65,40 @@ def test_training_pulls_each_lora_to_its_own_texts(tmp_path):
     assert (sims.argmax(axis=1) == np.arange(4)).all()
     model.save(tmp_path)
     assert np.allclose(WeightEncoder.load(tmp_path).embed(loras), model.embed(loras), atol=1e-6)
+
+
+def test_an_ensemble_averages_members_trained_from_disjoint_seeds_and_reloads(tmp_path):
+    loras = [_lora([_module(30 + i), _module(40 + i, target="unet.up_blocks.1.ff.net.2")])
+             for i in range(4)]
+    g = np.random.default_rng(1)
+    targets = [g.normal(size=(3, 8)).astype(np.float32) for _ in loras]
+    targets = [t / np.linalg.norm(t, axis=1, keepdims=True) for t in targets]
+    single = [train_weight_encoder(loras, targets, steps=60, seed=s) for s in range(3)]
+    ensemble = train_weight_encoder(loras, targets, steps=60, seed=0, members=3)
+    assert len(ensemble.members) == 3
+    # member i of seed 0 is the lone encoder of seed i: same training, nothing shared
+    for member, alone in zip(ensemble.members, single, strict=True):
+        for a, b in zip(member.parameters(), alone.members[0].parameters(), strict=True):
+            assert torch.equal(a, b)
+    mean = np.mean([m.embed(loras) for m in single], axis=0)
+    expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    assert np.allclose(ensemble.embed(loras), expected, atol=1e-5)
+    other = train_weight_encoder(loras, targets, steps=60, seed=1, members=3)
+    assert not np.allclose(other.embed(loras), ensemble.embed(loras), atol=1e-3)
+    ensemble.save(tmp_path)
+    loaded = WeightEncoder.load(tmp_path)
+    assert len(loaded.members) == 3
+    assert np.allclose(loaded.embed(loras), ensemble.embed(loras), atol=1e-6)
+
+
+def test_an_encoder_saved_before_ensembles_still_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    loras = [_lora([_module(50 + i)]) for i in range(3)]
+    targets = [np.eye(8, dtype=np.float32)[i:i + 2] for i in range(3)]
+    model = train_weight_encoder(loras, targets, steps=20)
+    model.save(tmp_path)
+    state = load_file(str(tmp_path / "weight_encoder.safetensors"))
+    save_file({k.removeprefix("members.0."): v for k, v in state.items()},
+              str(tmp_path / "weight_encoder.safetensors"))  # the old layout: one encoder
+    assert np.allclose(WeightEncoder.load(tmp_path).embed(loras), model.embed(loras), atol=1e-6)

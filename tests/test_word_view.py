@@ -206,10 +206,27 @@ def test_any_base_gets_a_words_view_built_once_into_the_shared_cache(tiny_pipeli
     library._save_indexes()
     assert library.retriever.vector("words", entry.id) is None
     library.catalog.update(entry.id, extra={k: v for k, v in entry.extra.items()
-                                            if k != "weight_words"})
+                                            if k not in ("weight_words", "weight_views_by")})
     again = open_library("one")
-    assert again.retriever.vector("words", entry.id) is not None
+    right = again.retriever.vector("words", entry.id)
+    assert right is not None
     assert again.catalog.get(entry.id).extra["weight_words"] == entry.extra["weight_words"]
+    assert again.catalog.get(entry.id).extra["weight_views_by"] == \
+        again.parts.weight_views_id
+
+    # vectors read with another encoder or words view (an updated starter pack retrains
+    # both) are read again on the next open
+    stale = np.roll(right, 1)
+    again.retriever.add_style(again.retriever.records[entry.id], {**kept, "words": stale})
+    again._save_indexes()
+    again.catalog.update(entry.id, extra={**again.catalog.get(entry.id).extra,
+                                          "weight_views_by": "an-older-encoder:and-view"})
+    third = open_library("one")
+    assert np.allclose(third.retriever.vector("words", entry.id), right, atol=1e-6)
+    assert third.catalog.get(entry.id).extra["weight_views_by"] == third.parts.weight_views_id
+    # and only once: a fourth open finds nothing to read again
+    assert open_library("one").catalog.get(entry.id).extra == \
+        third.catalog.get(entry.id).extra
 
 
 @pytest.fixture(scope="module")
