@@ -54,12 +54,17 @@ def test_encoder_handles_any_number_of_modules_and_is_normalised():
     assert mask.sum().item() == 4 and tokens.shape == (2, 3, TOKEN_DIM)
 
 
-def test_training_pulls_each_lora_to_its_own_texts(tmp_path):
-    loras = [_lora([_module(10 + i), _module(20 + i, target="unet.down_blocks.1.ff.net.2")])
+def _toy_set(first: int, seed: int, target: str) -> tuple[list[LoraFile], list[np.ndarray]]:
+    """Four LoRAs of two modules each, and three unit text targets for each."""
+    loras = [_lora([_module(first + i), _module(first + 10 + i, target=target)])
              for i in range(4)]
-    g = np.random.default_rng(0)
+    g = np.random.default_rng(seed)
     targets = [g.normal(size=(3, 8)).astype(np.float32) for _ in loras]
-    targets = [t / np.linalg.norm(t, axis=1, keepdims=True) for t in targets]
+    return loras, [t / np.linalg.norm(t, axis=1, keepdims=True) for t in targets]
+
+
+def test_training_pulls_each_lora_to_its_own_texts(tmp_path):
+    loras, targets = _toy_set(10, 0, "unet.down_blocks.1.ff.net.2")
     model = train_weight_encoder(loras, targets, steps=150)
     sims = model.embed(loras) @ np.stack([t.mean(0) for t in targets]).T
     assert (sims.argmax(axis=1) == np.arange(4)).all()
@@ -68,11 +73,7 @@ def test_training_pulls_each_lora_to_its_own_texts(tmp_path):
 
 
 def test_an_ensemble_averages_members_trained_from_disjoint_seeds_and_reloads(tmp_path):
-    loras = [_lora([_module(30 + i), _module(40 + i, target="unet.up_blocks.1.ff.net.2")])
-             for i in range(4)]
-    g = np.random.default_rng(1)
-    targets = [g.normal(size=(3, 8)).astype(np.float32) for _ in loras]
-    targets = [t / np.linalg.norm(t, axis=1, keepdims=True) for t in targets]
+    loras, targets = _toy_set(30, 1, "unet.up_blocks.1.ff.net.2")
     single = [train_weight_encoder(loras, targets, steps=60, seed=s) for s in range(3)]
     ensemble = train_weight_encoder(loras, targets, steps=60, seed=0, members=3)
     assert len(ensemble.members) == 3
@@ -102,3 +103,20 @@ def test_an_encoder_saved_before_ensembles_still_loads(tmp_path):
     save_file({k.removeprefix("members.0."): v for k, v in state.items()},
               str(tmp_path / "weight_encoder.safetensors"))  # the old layout: one encoder
     assert np.allclose(WeightEncoder.load(tmp_path).embed(loras), model.embed(loras), atol=1e-6)
+
+
+def test_negatives_push_every_lora_away_from_prompts_that_ask_for_no_style():
+    loras, targets = _toy_set(60, 2, "unet.down_blocks.2.ff.net.2")
+    # style-free prompts that sit near the styles' texts (as "a blue square" sits near the
+    # blueprint style's descriptions)
+    g = np.random.default_rng(3)
+    negatives = np.stack([t.mean(0) for t in targets]) + 0.5 * g.normal(size=(4, 8))
+    negatives = np.repeat(negatives, 8, axis=0) + 0.1 * g.normal(size=(32, 8))
+    negatives = (negatives / np.linalg.norm(negatives, axis=1, keepdims=True)).astype(np.float32)
+    plain = train_weight_encoder(loras, targets, steps=150)
+    pushed = train_weight_encoder(loras, targets, steps=150, negatives=negatives)
+    near = {name: float((model.embed(loras) @ negatives.T).mean())
+            for name, model in (("plain", plain), ("pushed", pushed))}
+    assert near["pushed"] < near["plain"] - 0.05, near
+    sims = pushed.embed(loras) @ np.stack([t.mean(0) for t in targets]).T
+    assert (sims.argmax(axis=1) == np.arange(4)).all()  # and each still finds its own texts
