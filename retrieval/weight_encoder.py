@@ -7,7 +7,7 @@ A small set encoder (shared token MLP, attention pooling over whatever modules t
 covers) maps the tokens into the text space; it is trained contrastively against the text
 embeddings of the styles' descriptions, with the text tower frozen. Several such encoders,
 trained from different seeds, are averaged: one alone places the LoRAs differently for each
-seed, enough to move retrieval's figures by several prompts (retrieval_quality.md).
+seed, enough to move retrieval's figures by several prompts (retrieval_seeds.md).
 """
 
 from __future__ import annotations

@@ -411,6 +411,7 @@ def test_a_seeded_starter_library_is_mapped_from_all_its_styles(tmp_path, monkey
     whole = AtlasLayout.fit(vectors, {i: entries[i].tags for i in vectors})
     assert [c.members for c in library.atlas.clusters] == [c.members for c in whole.clusters]
     assert sorted(m for c in library.atlas.clusters for m in c.members) == sorted(entries)
-    # clustered on the map, its 28 styles fall in more than two named groups (in the PCA
-    # space the silhouette picked two: benchmarks/results/atlas_clusters.md)
-    assert len(library.atlas.clusters) >= 3 and all(c.tags for c in library.atlas.clusters)
+    # every group is named by its members' tags (how many groups the silhouette picks depends
+    # on the pack's vectors: benchmarks/results/atlas_clusters.md)
+    assert len(library.atlas.clusters) >= 2 and all(c.tags for c in library.atlas.clusters)
+    assert len({c.label for c in library.atlas.clusters}) == len(library.atlas.clusters)
