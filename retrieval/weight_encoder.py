@@ -106,11 +106,12 @@ class WeightEncoder(nn.Module):
     It places the LoRAs it was trained on well and any other LoRA at about chance
     (retrieval_quality.md), so it keeps the fingerprints of its training LoRAs: `knows`."""
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, members: Sequence[_Member] | None = None) -> None:
         super().__init__()
         self.config = config
         self.trained_on: np.ndarray | None = None  # weight_fingerprint of each training LoRA
-        self.members = nn.ModuleList(_Member(config) for _ in range(config.members))
+        self.members = nn.ModuleList(members if members is not None else
+                                     (_Member(config) for _ in range(config.members)))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """tokens (b, n, d), mask (b, n) true where a module is present → (b, embed_dim)."""
@@ -197,14 +198,13 @@ def train_weight_encoder(loras: Sequence[LoraFile], text_targets: Sequence[np.nd
     pushed away from as from the other LoRAs' texts. Each of the `members` encoders trains
     alone, from seed `seed · members + i` (so the members of two seeds never share one)."""
     config = EncoderConfig(embed_dim=int(text_targets[0].shape[1]), members=members)
-    model = WeightEncoder(config)
     base_tokens = [lora_tokens(lora) for lora in loras]
     targets = [torch.from_numpy(t).float() for t in text_targets]
     bank = torch.zeros(0, config.embed_dim) if negatives is None else \
         nn.functional.normalize(torch.from_numpy(negatives).float(), dim=-1)
-    model.members = nn.ModuleList(
+    model = WeightEncoder(config, [
         _train_member(config, base_tokens, targets, bank, steps, seed * members + i, lr)
-        for i in range(members))
+        for i in range(members)])
     model.trained_on = np.stack([weight_fingerprint(lora) for lora in loras])
     return model.eval()
 
