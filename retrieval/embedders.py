@@ -3,7 +3,6 @@ a named pretrained open_clip model in real mode."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,21 +63,18 @@ class OpenClipEmbedder:
         return torch.cat(out).float().numpy()
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
 def starter_embedder(folder: Path | None = None) -> OpenClipEmbedder:
     """The starter pack's own open_clip model (trained on the starter world)."""
-    from styles.starter.clip_model import WEIGHTS_FILE, load_starter_clip
+    from styles.starter.clip_model import load_starter_clip
     from styles.starter.paths import CLIP_DIR
+    from styles.starter.text_tower import starter_clip_digest
 
     folder = Path(folder or CLIP_DIR)
     model, _, tokenizer = load_starter_clip(folder)
     visual = model.visual
     size = visual.image_size[0] if isinstance(visual.image_size, tuple | list) \
         else int(visual.image_size)
-    return OpenClipEmbedder(model, tokenizer, f"starter-clip-{_file_digest(folder / WEIGHTS_FILE)}",
+    return OpenClipEmbedder(model, tokenizer, f"starter-clip-{starter_clip_digest(folder)[:12]}",
                             size, tuple(visual.image_mean or (0.5,) * 3),
                             tuple(visual.image_std or (0.5,) * 3))
 

@@ -147,7 +147,8 @@ class WeightEncoder(nn.Module):
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()},
+        save_file({k: (v.half() if v.is_floating_point() else v).contiguous()
+                   for k, v in self.state_dict().items()},  # fp16: half the pack's bytes
                   str(folder / "weight_encoder.safetensors"))
         (folder / "weight_encoder.json").write_text(json.dumps(asdict(self.config)))
         if self.trained_on is not None:
@@ -205,6 +206,10 @@ def train_weight_encoder(loras: Sequence[LoraFile], text_targets: Sequence[np.nd
     model = WeightEncoder(config, [
         _train_member(config, base_tokens, targets, bank, steps, seed * members + i, lr)
         for i in range(members)])
+    with torch.no_grad():  # to what `save` keeps (fp16), so the encoder measured is the one saved
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half())
     model.trained_on = np.stack([weight_fingerprint(lora) for lora in loras])
     return model.eval()
 

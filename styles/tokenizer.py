@@ -62,3 +62,20 @@ def clip_tokenizer(folder: str):
     if not (path / "vocab.json").is_file():
         write_clip_tokenizer_files(path)
     return CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
+
+
+def compact_tokenizer_folder(folder: str | Path) -> bool:
+    """Rewrite a CLIP tokenizer folder that holds transformers' tokenizer.json (3.6 MB) as the
+    vocab.json and merges.txt CLIPTokenizer also reads (1.5 MB; the same ids). The new folder
+    replaces the old one whole. False if there was no tokenizer.json."""
+    import shutil
+
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        return False
+    fresh = write_clip_tokenizer_files(folder.with_name(folder.name + ".tmp"))
+    old = folder.rename(folder.with_name(folder.name + ".old"))
+    fresh.rename(folder)
+    shutil.rmtree(old)
+    return True
+

@@ -119,3 +119,100 @@ def test_shipped_model_separates_sepia_from_pixel_art() -> None:
     pixel = cm.encode_images(model, _images(6, seed=11, slugs=("pixel-art",)))
     assert (sepia @ text).mean() > (pixel @ text).mean()
     assert np.mean(sepia @ text > pixel @ text) >= 5 / 6
+
+
+def _text_encoder_beside(clip_dir: Path, folder: Path) -> Path:
+    """Write the clip's text tower as a pipeline's fp16 text encoder, as save_pipeline does."""
+    from styles.starter.base_model import text_encoder_from_starter_clip
+
+    text_encoder_from_starter_clip(clip_dir).half().save_pretrained(folder)
+    return folder
+
+
+def test_a_shared_text_tower_loads_the_same_model(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from styles.starter.text_tower import (
+        is_text_tower_key,
+        share_text_tower,
+        starter_clip_digest,
+    )
+
+    out = tmp_path / "open_clip"
+    cm.train_starter_clip(out, steps=1, batch_size=8, progress=False)
+    digest = starter_clip_digest(out)
+    full, _, tokenizer = cm.load_starter_clip(out)
+    encoder = _text_encoder_beside(out, tmp_path / "pipeline" / "text_encoder")
+    size = (out / cm.WEIGHTS_FILE).stat().st_size
+    assert share_text_tower(out, encoder)
+    assert not share_text_tower(out, encoder)  # once is enough
+    with safe_open(str(out / cm.WEIGHTS_FILE), "pt") as handle:
+        assert not any(map(is_text_tower_key, handle.keys()))
+    assert (out / cm.WEIGHTS_FILE).stat().st_size < size - 9e6  # the token table is gone
+    assert starter_clip_digest(out) == digest  # still names the same model
+    shared, _, _ = cm.load_starter_clip(out)
+    ours, theirs = shared.state_dict(), full.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    texts = ["a red star", "a heart drawn with thin contour lines"]
+    assert np.array_equal(cm.encode_texts(shared, tokenizer, texts),
+                          cm.encode_texts(full, tokenizer, texts))
+
+
+def test_a_text_tower_is_shared_only_when_equal_and_checked_when_loaded(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from styles.starter.text_tower import share_text_tower
+
+    out = tmp_path / "open_clip"
+    cm.train_starter_clip(out, steps=1, batch_size=8, progress=False)
+    encoder = _text_encoder_beside(out, tmp_path / "pipeline" / "text_encoder")
+    weights = encoder / "model.safetensors"
+    state = load_file(str(weights))
+    nudged = {**state, "final_layer_norm.bias": state["final_layer_norm.bias"] + 1}
+    save_file(nudged, str(weights), metadata={"format": "pt"})
+    before = (out / cm.WEIGHTS_FILE).read_bytes()
+    with pytest.raises(ValueError, match="not .* text tower bit for bit"):
+        share_text_tower(out, encoder)
+    assert (out / cm.WEIGHTS_FILE).read_bytes() == before  # refused: nothing touched
+    assert "text_tower" not in json.loads((out / cm.CONFIG_FILE).read_text())
+
+    save_file(state, str(weights), metadata={"format": "pt"})
+    assert share_text_tower(out, encoder)
+    save_file(nudged, str(weights), metadata={"format": "pt"})  # the pipeline changed since
+    with pytest.raises(ValueError, match="model.safetensors is not the text encoder"):
+        cm.load_starter_clip(out)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="keeps its text tower in .*missing"):
+        cm.load_starter_clip(out)
+
+
+def test_a_config_naming_a_shared_tower_still_loads_a_full_weights_file(tmp_path: Path) -> None:
+    """share_text_tower writes the config first: a crash before the weights file is replaced
+    leaves a folder that loads as before."""
+    from styles.starter.text_tower import share_text_tower
+
+    out = tmp_path / "open_clip"
+    cm.train_starter_clip(out, steps=1, batch_size=8, progress=False)
+    full_bytes = (out / cm.WEIGHTS_FILE).read_bytes()
+    full, _, _ = cm.load_starter_clip(out)
+    share_text_tower(out, _text_encoder_beside(out, tmp_path / "pipeline" / "text_encoder"))
+    (out / cm.WEIGHTS_FILE).write_bytes(full_bytes)  # as if the replace never happened
+    loaded, _, _ = cm.load_starter_clip(out)
+    assert all(torch.equal(v, full.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="trained starter CLIP not present")
+def test_the_shipped_pack_keeps_the_text_tower_once() -> None:
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    from styles.starter.paths import PIPELINE_DIR
+    from styles.starter.text_tower import is_text_tower_key
+
+    with safe_open(str(SHIPPED), "pt") as handle:
+        assert not any(map(is_text_tower_key, handle.keys()))
+    model, _, _ = cm.load_starter_clip(cm.DEFAULT_DIR)
+    pipeline = CLIPTextModel.from_pretrained(PIPELINE_DIR / "text_encoder")
+    assert torch.equal(model.token_embedding.weight, pipeline.get_input_embeddings().weight.float())
+    assert not (PIPELINE_DIR / "tokenizer" / "tokenizer.json").exists()

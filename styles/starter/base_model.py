@@ -4,6 +4,7 @@ and CLIPTextModel (with the real CLIP tokenizer), trained on unstyled world imag
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 
 from styles.starter.data import to_tensor_layout, world_batch
 from styles.starter.paths import CROSS_ATTENTION_DIM, IMAGE_SIZE, MODEL_CARD
-from styles.tokenizer import clip_tokenizer, write_clip_tokenizer_files
+from styles.starter.text_tower import open_clip_to_transformers, starter_clip_state
+from styles.tokenizer import clip_tokenizer, compact_tokenizer_folder, write_clip_tokenizer_files
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=8, layers_per_block=1,
                   block_out_channels=(16, 32, 64), norm_num_groups=8,
@@ -156,28 +158,10 @@ def train_vae(work: Path, steps: int = 1200, batch: int = 16, seed: int = 0, lr:
 def text_encoder_from_starter_clip(clip_dir: Path):
     """The open_clip text tower as a transformers CLIPTextModel (same maths: pre-LN blocks,
     causal mask, exact GELU)."""
-    from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    source = load_file(str(clip_dir / "open_clip_model.safetensors"))
+    state = open_clip_to_transformers(starter_clip_state(clip_dir))
     model = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
-    state = {"embeddings.token_embedding.weight": source["token_embedding.weight"],
-             "embeddings.position_embedding.weight": source["positional_embedding"],
-             "final_layer_norm.weight": source["ln_final.weight"],
-             "final_layer_norm.bias": source["ln_final.bias"]}
-    for i in range(TEXT_CONFIG["num_hidden_layers"]):
-        old, new = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for part, tensor in zip(("q", "k", "v"), source[old + "attn.in_proj_weight"].chunk(3),
-                                strict=True):
-            state[f"{new}self_attn.{part}_proj.weight"] = tensor
-        for part, tensor in zip(("q", "k", "v"), source[old + "attn.in_proj_bias"].chunk(3),
-                                strict=True):
-            state[f"{new}self_attn.{part}_proj.bias"] = tensor
-        pairs = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1",
-                 "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-        for a, b in pairs.items():
-            state[f"{new}{b}.weight"] = source[f"{old}{a}.weight"]
-            state[f"{new}{b}.bias"] = source[f"{old}{a}.bias"]
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval().requires_grad_(False)
 
@@ -263,6 +247,7 @@ def save_pipeline(folder: Path, vae, unet, text_encoder, tokenizer_dir: Path,
     pipe.to(torch.float16)
     tmp = folder.with_name(folder.name + ".tmp")
     pipe.save_pretrained(tmp)
+    compact_tokenizer_folder(tmp / "tokenizer")
     for config in tmp.glob("*/config.json"):  # a component loaded from disk names its folder
         fields = json.loads(config.read_text())
         if fields.pop("_name_or_path", None) is not None:
@@ -270,8 +255,6 @@ def save_pipeline(folder: Path, vae, unet, text_encoder, tokenizer_dir: Path,
     info = {**info, "guidance_scale": GUIDANCE}
     (tmp / MODEL_CARD).write_text(json.dumps(info, indent=2))
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     tmp.replace(folder)
     return folder

@@ -8,6 +8,7 @@ Stages (each skipped when its output exists, each resuming from its checkpoints)
 3. loras: one PEFT LoRA per style → safetensors in real tools' layouts, and the manifest
    (which records the base they were trained on: a new base retrains them all);
 4. judges: content and style classifiers for the benchmarks.
+Then `compact_pack` keeps the text tower once and the tokenizer in its small form.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from styles.starter.paths import (
     CLIP_DIR,
+    CLIP_WEIGHTS_FILE,
     JUDGES_DIR,
     LORA_DIR,
     MODEL_CARD,
@@ -251,7 +253,7 @@ def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("clip", "bas
             _build_or_convert_base(plan)
         elif stage == "loras":
             build_loras(plan)
-        elif stage == "clip" and not (CLIP_DIR / "open_clip_model.safetensors").is_file():
+        elif stage == "clip" and not (CLIP_DIR / CLIP_WEIGHTS_FILE).is_file():
             from styles.starter.clip_model import train_starter_clip
 
             train_starter_clip(CLIP_DIR)
@@ -260,4 +262,21 @@ def build(plan: BuildPlan | None = None, stages: tuple[str, ...] = ("clip", "bas
 
             train_judges(JUDGES_DIR, renderer=vae_renderer(PIPELINE_DIR))
         timings[stage] = round(time.time() - started, 1)
+    compact_pack()
     return timings
+
+
+def compact_pack() -> list[str]:
+    """Keep the text tower once (in the pipeline's text encoder; `text_tower.py`) and the
+    tokenizer as vocab.json and merges.txt; a pack written before either is rewritten in place.
+    Returns what it rewrote."""
+    from styles.starter.text_tower import share_text_tower
+    from styles.tokenizer import compact_tokenizer_folder
+
+    done = []
+    if (CLIP_DIR / CLIP_WEIGHTS_FILE).is_file() and (PIPELINE_DIR / "text_encoder").is_dir() \
+            and share_text_tower(CLIP_DIR, PIPELINE_DIR / "text_encoder"):
+        done.append("text tower")
+    if compact_tokenizer_folder(PIPELINE_DIR / "tokenizer"):
+        done.append("tokenizer")
+    return done

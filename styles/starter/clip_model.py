@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -23,13 +25,15 @@ from safetensors.torch import save_file
 
 from styles.starter import world
 from styles.starter.looks import STYLES, apply_styles, clashing_pairs
+from styles.starter.paths import CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE
+from styles.starter.text_tower import starter_clip_state
 from styles.starter.world import Scene, render_scene, sample_scene
 
 MODEL_NAME = "loratlas-starter-clip"
 IMAGE_SIZE = 64
 HELD_OUT_PHRASES = 2  # STYLES[s].phrases[-2:] never appear in training texts (kept for eval)
-WEIGHTS_FILE = "open_clip_model.safetensors"
-CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = CLIP_WEIGHTS_FILE
+CONFIG_FILE = CLIP_CONFIG_FILE
 CHECKPOINT_FILE = "checkpoint.pt"
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "data" / "starter" / "open_clip"
 EVAL_SEED = 987_654_321  # evaluation scenes come from a stream training never draws from
@@ -315,14 +319,35 @@ def train_starter_clip(out_dir: Path, steps: int = 1200, batch_size: int = 128, 
     return _save_final(model, out_dir, info)
 
 
+@contextlib.contextmanager
+def _quiet_random_init():
+    """Hide open_clip's "No pretrained weights loaded ... initialized randomly" warning."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def load_starter_clip(folder: Path, device: str = "cpu"
                       ) -> tuple[torch.nn.Module, Callable, Callable]:
     """(model, preprocess for PIL images, tokenizer) for a trained folder, built by open_clip."""
     folder = Path(folder)
     cfg = json.loads((folder / CONFIG_FILE).read_text())
     name = register_starter_config(cfg.get("model_cfg", cfg))
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=str(folder / WEIGHTS_FILE), device=device)
+    if cfg.get("text_tower"):  # the pack keeps its text tower once, in the pipeline folder
+        state = starter_clip_state(folder)
+        with _quiet_random_init():  # the weights are loaded on the next line
+            model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False)
+        model.load_state_dict(state, strict=True)
+        model.to(device)
+    else:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=str(folder / WEIGHTS_FILE), device=device)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(name)
 
