@@ -12,18 +12,25 @@ held-out 2- and 3-style prompts under a family of such choices, each the same fo
   the steps (*windows*), or joins at its share and stays (*joining*);
 and reports each choice, plus the *hindsight oracle*: a prompt counts as solved when any of
 those choices solves it (a per-prompt choice no gate network could beat within this family,
-since it is picked after seeing the judges' verdict). One row changes the prompt instead of the
-weights: the LoRAs merged at 1.0 on the scene's plain caption, with no style words at all
+since it is picked after seeing the judges' verdict). One row changes the prompt instead of
+the weights: the LoRAs merged at 1.0 on the scene's plain caption, with no style words at all
 (what is left when the base is spared the style descriptions it never learned to read).
+
+With `--per-lora-weights`, it runs instead a grid in which each LoRA of a prompt gets its own
+flat weight from the given values (every combination: 3^k rows for three values), and reports
+that grid's oracle (`fusion_headroom_per_lora.md`).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_headroom.py [--per-k 40] \\
         [--choices "merge (flat 1.0);windows, low frequency first"] [--out FILE]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_headroom.py --per-lora-weights 0.6,1,1.4 \\
+        --out benchmarks/results/fusion_headroom_per_lora.md
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -73,19 +80,35 @@ def uses_for(bench: Bench, case: dict, choice: str) -> tuple[list[LoraUse], str]
     if choice in STAGGERED:
         kind, high_first = STAGGERED[choice]
         places = frequency_places(bench, case["styles"], high_first)
-    for slug in case["styles"]:
+    per_lora = _per_lora(choice)
+    for i, slug in enumerate(case["styles"]):
         lora, frequency = bench.loras[slug]
         if choice in MODULES:
             keep = MODULES[choice]
             lora = dataclasses.replace(
                 lora, modules={t: m for t, m in lora.modules.items() if keep(t)},
                 sha256=f"{lora.sha256}-{choice}")  # another adapter, not the whole file's
-        weight = WEIGHTS.get(choice, 1.0)
+        weight = per_lora[i] if per_lora else WEIGHTS.get(choice, 1.0)
         schedule = staggered(len(case["styles"]), places[slug], kind) \
             if choice in STAGGERED else SCHEDULES.get(choice)
         uses.append(LoraUse(lora, slug, weight, step_weights=schedule, frequency=frequency))
     # step weights are a user schedule: gated runs them exactly, with no learned gates
     return uses, "gated" if choice in SCHEDULES or choice in STAGGERED else "merge"
+
+
+PER_LORA = "per-LoRA weights "
+
+
+def _per_lora(choice: str) -> tuple[float, ...] | None:
+    """The weights of a per-LoRA grid row ("per-LoRA weights 0.6/1/1.4", in the prompt's
+    style order), or None."""
+    if not choice.startswith(PER_LORA):
+        return None
+    return tuple(float(w) for w in choice.removeprefix(PER_LORA).split("/"))
+
+
+def per_lora_grid(values: list[str], k: int) -> list[str]:
+    return [PER_LORA + "/".join(combo) for combo in itertools.product(values, repeat=k)]
 
 
 def verdicts(bench: Bench, batch: list[dict], choice: str, steps: int) -> list[dict]:
@@ -106,8 +129,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--choices", help="rows to run, separated by ; (default: all)")
+    parser.add_argument("--per-lora-weights",
+                        help="comma-separated weights: run every per-LoRA combination instead")
     parser.add_argument("--out", default=str(RESULTS / "fusion_headroom.md"))
     args = parser.parse_args()
+    if args.per_lora_weights:
+        return per_lora_main(args)
     torch.set_num_threads(args.threads)
     started = time.time()
     bench = Bench(args.steps, "fused")
@@ -162,6 +189,51 @@ def write(args, rows: dict, minutes: float) -> None:
         lines.append(f"| {name} | " + " | ".join(
             f"{figures[k][key]:.3f}" if key in figures[k] else "–" for k in (2, 3)
             for key in ("success", "all_styles", "content")) + " |")
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def per_lora_main(args) -> None:
+    """Each LoRA its own flat weight, every combination of the values: the grid's oracle."""
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    bench = Bench(args.steps, "fused")
+    values = [v.strip() for v in args.per_lora_weights.split(",")]
+    found: dict[int, dict[str, list[dict]]] = {}
+    for k in (2, 3):
+        batch = cases(held_out_sets(k, set(bench.files)), args.per_k, SEED + 1000 * k)
+        grid = per_lora_grid(values, k)
+        found[k] = {}
+        for choice in grid:
+            found[k][choice] = verdicts(bench, batch, choice, args.steps)
+            print(choice, k, json.dumps(summary(found[k][choice])), flush=True)
+    lines = [
+        "# Fusion headroom: each LoRA its own weight", "", machine_line(),
+        f"Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fusion_headroom.py "
+        f"--per-lora-weights {args.per_lora_weights} --per-k {args.per_k} --steps {args.steps}"
+        + (f" --threads {args.threads}" if args.threads != 1 else "")
+        + f" --out {args.out}` ({(time.time() - started) / 60:.0f} min).", "",
+        f"The prompts, seeds and judges of `fusion_quality.md` and `fusion_headroom.md` "
+        f"({args.per_k} two-style and {args.per_k} three-style prompts from held-out style "
+        f"sets; {args.steps} DPM-Solver steps, guidance 2, 64×64, fused deltas). Each LoRA of a "
+        f"prompt gets its own flat weight from {{{', '.join(values)}}}, every combination "
+        f"({len(values)}^k rows); all 1 is merge. *Oracle*: a prompt counts as solved when any "
+        "combination solves it, chosen after seeing the verdicts: a bound for gates that weigh "
+        "the LoRAs differently but flatly (per layer and step they could do more; "
+        "`fusion_headroom.md` has those families, each the same for every LoRA).", "",
+        "| k | combinations | merge: success | oracle: success | prompts solved by ≥ 2 "
+        "combinations | oracle: all styles shown (content aside) | oracle: content right |",
+        "|---:|---:|---:|---:|---:|---:|---:|"]
+    for k, rows in found.items():
+        n = len(next(iter(rows.values())))
+        solved = [sum(rows[c][i]["success"] for c in rows) for i in range(n)]
+        merge_k = next(c for c in rows if set(_per_lora(c)) == {1.0})
+        shown, right = ([any(rows[c][i][key] for c in rows) for i in range(n)]
+                        for key in ("all_styles", "content"))
+        lines.append(
+            f"| {k} | {len(rows)} | {summary(rows[merge_k])['success']:.3f} | "
+            f"{np.mean([s > 0 for s in solved]):.3f} | {np.mean([s > 1 for s in solved]):.3f} | "
+            f"{np.mean(shown):.3f} | {np.mean(right):.3f} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
