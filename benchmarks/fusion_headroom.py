@@ -227,11 +227,12 @@ def per_lora_main(args) -> None:
     for k, rows in found.items():
         n = len(next(iter(rows.values())))
         solved = [sum(rows[c][i]["success"] for c in rows) for i in range(n)]
-        merge_k = next(c for c in rows if set(_per_lora(c)) == {1.0})
+        merge_k = next((c for c in rows if set(_per_lora(c)) == {1.0}), None)
         shown, right = ([any(rows[c][i][key] for c in rows) for i in range(n)]
                         for key in ("all_styles", "content"))
         lines.append(
-            f"| {k} | {len(rows)} | {summary(rows[merge_k])['success']:.3f} | "
+            f"| {k} | {len(rows)} | "
+            + (f"{summary(rows[merge_k])['success']:.3f} | " if merge_k else "– | ") +
             f"{np.mean([s > 0 for s in solved]):.3f} | {np.mean([s > 1 for s in solved]):.3f} | "
             f"{np.mean(shown):.3f} | {np.mean(right):.3f} |")
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -71,11 +71,17 @@ def compact_tokenizer_folder(folder: str | Path) -> bool:
     import shutil
 
     folder = Path(folder)
+    tmp, old = (folder.with_name(folder.name + suffix) for suffix in (".tmp", ".old"))
+    if not folder.exists() and old.is_dir():  # stopped between the two renames below
+        old.rename(folder)
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
     if not (folder / "tokenizer.json").is_file():
         return False
-    fresh = write_clip_tokenizer_files(folder.with_name(folder.name + ".tmp"))
-    old = folder.rename(folder.with_name(folder.name + ".old"))
-    fresh.rename(folder)
+    write_clip_tokenizer_files(tmp)
+    folder.rename(old)
+    tmp.rename(folder)
     shutil.rmtree(old)
     return True
 

@@ -320,6 +320,31 @@ def test_the_shipped_pack_stays_within_the_60_mb_it_aims_at():
     assert sum(p.stat().st_size for p in files) <= 60e6
 
 
+def test_a_tokenizer_json_folder_is_compacted_to_the_same_ids(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from styles.tokenizer import (
+        clip_tokenizer,
+        compact_tokenizer_folder,
+        write_clip_tokenizer_files,
+    )
+
+    folder = tmp_path / "tokenizer"
+    clip_tokenizer(str(write_clip_tokenizer_files(tmp_path / "tok"))).save_pretrained(folder)
+    assert (folder / "tokenizer.json").is_file()  # what transformers writes
+    texts = ["a red star, chunky blocks like an old video game", "ÜNÏCÖDÉ 🙂\tx2.5!!",
+             "a heart drawn only with thin contour lines " * 12]
+    before = CLIPTokenizer.from_pretrained(folder)(texts).input_ids
+    assert compact_tokenizer_folder(folder)
+    assert not (folder / "tokenizer.json").exists() and (folder / "merges.txt").is_file()
+    assert CLIPTokenizer.from_pretrained(folder)(texts).input_ids == before
+    assert not compact_tokenizer_folder(folder)  # once is enough
+    folder.rename(tmp_path / "tokenizer.old")  # as if stopped between its two renames
+    compact_tokenizer_folder(folder)
+    assert CLIPTokenizer.from_pretrained(folder)(texts).input_ids == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok", "tokenizer"]
+
+
 def test_style_word_tuning_moves_the_unet_and_records_it(tmp_path):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
