@@ -55,7 +55,22 @@ STAGGERED = {"windows, low frequency first": ("window", False),
              "windows, high frequency first": ("window", True),
              "joining, low frequency first": ("join", False),
              "joining, high frequency first": ("join", True)}
+# each LoRA kept to the UNet levels of its frequency band (16×16, 8×8, 4×4 latents): the most
+# low-frequency LoRA of a set loses the finest level (soft) or keeps only the coarsest (hard),
+# the most high-frequency one the reverse, any LoRA between keeps all (soft) or the middle (hard)
+BANDS = {"blocks by frequency, soft": "soft", "blocks by frequency, hard": "hard"}
+LEVELS = {0: ("down_blocks.0.", "up_blocks.2."), 1: ("down_blocks.1.", "up_blocks.1."),
+          2: ("down_blocks.2.", "mid_block.", "up_blocks.0.")}
 PLAIN_PROMPT = "merge on the plain caption (no style words)"
+
+
+def band_levels(place: int, k: int, kind: str) -> set[int]:
+    """UNet levels kept for the LoRA at `place` (0 = most low-frequency) of k."""
+    if place == 0:
+        return {2} if kind == "hard" else {1, 2}
+    if place == k - 1:
+        return {0} if kind == "hard" else {0, 1}
+    return {1} if kind == "hard" else {0, 1, 2}
 
 
 def staggered(n: int, place: int, kind: str) -> list[float]:
@@ -80,20 +95,29 @@ def uses_for(bench: Bench, case: dict, choice: str) -> tuple[list[LoraUse], str]
     if choice in STAGGERED:
         kind, high_first = STAGGERED[choice]
         places = frequency_places(bench, case["styles"], high_first)
+    if choice in BANDS:
+        places = frequency_places(bench, case["styles"], high_first=False)
     per_lora = _per_lora(choice)
     for i, slug in enumerate(case["styles"]):
         lora, frequency = bench.loras[slug]
-        if choice in MODULES:
-            keep = MODULES[choice]
-            lora = dataclasses.replace(
+        if choice in MODULES or choice in BANDS:
+            levels = band_levels(places[slug], len(case["styles"]), BANDS[choice]) \
+                if choice in BANDS else None
+            keep = MODULES.get(choice) or _in_levels(levels)
+            lora = dataclasses.replace(  # another adapter, not the whole file's
                 lora, modules={t: m for t, m in lora.modules.items() if keep(t)},
-                sha256=f"{lora.sha256}-{choice}")  # another adapter, not the whole file's
+                sha256=f"{lora.sha256}-{choice}-{sorted(levels or ())}")
         weight = per_lora[i] if per_lora else WEIGHTS.get(choice, 1.0)
         schedule = staggered(len(case["styles"]), places[slug], kind) \
             if choice in STAGGERED else SCHEDULES.get(choice)
         uses.append(LoraUse(lora, slug, weight, step_weights=schedule, frequency=frequency))
     # step weights are a user schedule: gated runs them exactly, with no learned gates
     return uses, "gated" if choice in SCHEDULES or choice in STAGGERED else "merge"
+
+
+def _in_levels(levels: set[int]):
+    prefixes = tuple(p for level in levels for p in LEVELS[level])
+    return lambda target: target.split(".", 1)[1].startswith(prefixes)
 
 
 PER_LORA = "per-LoRA weights "
@@ -138,7 +162,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.time()
     bench = Bench(args.steps, "fused")
-    known = [*WEIGHTS, *SCHEDULES, *MODULES, *STAGGERED, PLAIN_PROMPT]
+    known = [*WEIGHTS, *SCHEDULES, *MODULES, *STAGGERED, *BANDS, PLAIN_PROMPT]
     choices = known
     if args.choices:
         choices = [c.strip() for c in args.choices.split(";")]
