@@ -2,7 +2,7 @@
 gated fusion, measured on the prompts, seeds and judges of fusion_quality.py.
 
 Gated fusion can only choose a weight per LoRA, layer and step. This benchmark renders the same
-held-out 2- and 3-style prompts under a family of such choices, each the same for every LoRA:
+held-out 2- and 3-style prompts under a family of such choices, most the same for every LoRA:
 - flat weights (0.7, 1.0 = merge, 1.3);
 - step schedules (keyframes over the 20 steps: late starts, an early-strong ramp);
 - module kinds (only the attention layers, all but the resnets, all but the feed-forward
@@ -10,6 +10,8 @@ held-out 2- and 3-style prompts under a family of such choices, each the same fo
 - staggered step schedules, the one choice that differs between the LoRAs: ordered by the
   high-frequency share of their profiles (fusion.frequency), each LoRA leads its own share of
   the steps (*windows*), or joins at its share and stays (*joining*);
+- per-LoRA UNet levels by the same order (*blocks by frequency*: the most low-frequency LoRA
+  kept off the finest level, the most high-frequency one off the coarsest, or each kept to one);
 and reports each choice, plus the *hindsight oracle*: a prompt counts as solved when any of
 those choices solves it (a per-prompt choice no gate network could beat within this family,
 since it is picked after seeing the judges' verdict). One row changes the prompt instead of
