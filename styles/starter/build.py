@@ -37,12 +37,14 @@ MANIFEST = STARTER_DIR / "manifest.json"
 # against what it shipped: content_guidance_confirm_steps1200.md; line-art's and pixel-art's
 # held there too but cost retrieval its targets, retrieval_quality.md, and were not taken);
 # pastel took its 1200-step file at guidance 1.5 (content_guidance_confirm_pastel_part*.md);
-# crosshatch's (content_guidance_confirm_crosshatch_part{10,11}.md) and line-art's, which had
-# held on validation too, once the ensemble encoder kept retrieval's targets with them
+# crosshatch's (content_guidance_confirm_crosshatch_part{10,11}.md; then strength 1.4, held on
+# sets 15 and 16 against 1.2: content_guidance_confirm_crosshatch_w1.4_part{15,16}.md) and
+# line-art's, which had held on validation too, once the ensemble encoder kept retrieval's
+# targets with them
 LORA_TUNING: dict[str, dict] = {
     "arrow": {"steps": 1200, "strength": 1.4},
     "crescent-moon": {"steps": 1200, "strength": 1.2},
-    "crosshatch": {"steps": 1200, "strength": 1.2},
+    "crosshatch": {"steps": 1200, "strength": 1.4},
     "glitch": {"strength": 1.2, "blocks": "decoder"},
     "halftone": {"steps": 1200, "strength": 1.4, "blocks": "decoder"},
     "lightning-bolt": {"strength": 1.4},
