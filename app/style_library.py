@@ -394,6 +394,8 @@ class StyleLibrary:
                     [extra["metadata_text"]])[0]
             self.retriever.add_style(self._record(entry), vectors)
             self._save_indexes()
+            if entry.id not in self.atlas.ids:  # no view to place it by until this edit
+                self._place(entry)
             return entry
 
     def remove(self, style_id: str) -> None:

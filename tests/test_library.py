@@ -161,6 +161,21 @@ def test_edit_and_remove_leave_nothing_behind(service, files):
         service.remove_style(slug)
 
 
+@pytest.mark.skipif(fixtures_dir() is None, reason="real fixtures not found")
+def test_a_style_with_nothing_to_place_it_by_joins_the_map_when_it_gets_tags(service, files):
+    """A LoRA for another base with no name, tags or description in the file has no view
+    vector, so no point on the map; naming or tagging it gives it one at once."""
+    assert all(r.ok for r in service.upload(list(files.values())[:3]))
+    real = fixtures_dir() / "Krishna4311__Cloud-LoRA-Object-Removal__pytorch_lora_weights" \
+                            ".safetensors"
+    slug = service.upload([real])[0].slug
+    if service.engine.base.family == "sd1":
+        pytest.skip("the tiny base is sd1: the file is applied and rendered")
+    assert slug not in {p.slug for p in service.atlas().points}
+    service.edit_style(slug, tags=["cloud", "removal"])
+    assert slug in {p.slug for p in service.atlas().points}
+
+
 def test_recommendations_exclude_what_was_liked(service, files):
     slugs = [r.slug for r in service.upload(list(files.values()))]
     recommended = [s.slug for s in service.recommend(slugs[:1], k=2)]
