@@ -353,6 +353,8 @@ def _library_import(service, args) -> int:
             near = f" (near-duplicate of {report.near_duplicate_of})" \
                 if report.near_duplicate_of else ""
             print(f"added    {report.file} as {report.slug}{near}")
+            if report.note:
+                print(f"         {report.note}")
     return 0 if all(r.ok for r in reports) else 1
 
 

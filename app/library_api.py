@@ -79,6 +79,7 @@ class UploadReport:
     near_duplicate_of: str | None = None  # same weights up to tiny noise: added, flagged
     error: dict | None = None  # {"code", "file", "problem", "advice", "message"} if refused
     seconds: float = 0.0
+    note: str | None = None  # accepted, but with something the user should know (off the map)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -412,10 +412,11 @@ class LoratlasService:
                 reports.append(UploadReport(shown, False, error=refused.details,
                                             seconds=time.perf_counter() - started))
             else:
+                slug = result.entry.id if result.entry else None
                 reports.append(UploadReport(
-                    shown, True, result.entry.id if result.entry else None,
-                    duplicate_of=result.duplicate_of,
-                    near_duplicate_of=result.near_duplicate_of, seconds=result.seconds))
+                    shown, True, slug, duplicate_of=result.duplicate_of,
+                    near_duplicate_of=result.near_duplicate_of, seconds=result.seconds,
+                    note=library.off_map_reason(slug) if slug else None))
             if on_progress:
                 on_progress(i, "done", 1.0)
         return reports
@@ -454,6 +455,8 @@ class LoratlasService:
         if not summary.applicable:
             flags.append(f"for {entry.family}: the loaded base is {library.base_family}, so it "
                          "is listed but never applied")
+        if off_map := library.off_map_reason(slug):
+            flags.append(off_map)
         return StyleCard(**summary.to_json(), description=entry.description,
                          trigger_words=entry.trigger_words, format=entry.format,
                          rank=entry.rank, sha256=entry.sha256, created=entry.created,

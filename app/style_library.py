@@ -224,6 +224,19 @@ class StyleLibrary:
                  if (v := self.retriever.vector(view, style_id)) is not None]
         return unit(np.mean(views, axis=0)) if views else None
 
+    def off_map_reason(self, style_id: str) -> str | None:
+        """Why a style has no point on the map, with what to do; None if it has one."""
+        if style_id in self.atlas or self.style_vector(style_id) is not None:
+            return None
+        entry = self.catalog.get(style_id)
+        if self.applicable(entry):
+            return ("not on the map: Loratlas found nothing to place it by (no probe images, "
+                    "weights view or metadata); add tags or a description (Edit)")
+        return (f"not on the map: it is for {_family_words(entry.family)}, so Loratlas neither "
+                "renders it nor reads its weights, and its file gives no name, tags or "
+                "description to place it by; add tags or a description (Edit) and it joins "
+                "the map")
+
     # -- ingest ----------------------------------------------------------------------------
     def ingest(self, path: Path, source: str = "upload", display_name: str | None = None,
                on_progress: Callable[[str, float], None] | None = None,

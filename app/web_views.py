@@ -222,6 +222,8 @@ def report_rows(reports: list[dict]) -> list[list]:
             result, why = "accepted", f"flagged: near-duplicate of '{report['near_duplicate_of']}'"
         else:
             result, why = "accepted", ""
+        if report.get("ok") and report.get("note"):
+            why = "; ".join(x for x in (why, report["note"]) if x)
         rows.append([report.get("file", ""), result, report.get("slug") or "", why,
                      round(float(report.get("seconds") or 0.0), 2)])
     return rows

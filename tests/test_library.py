@@ -165,15 +165,21 @@ def test_edit_and_remove_leave_nothing_behind(service, files):
 def test_a_style_with_nothing_to_place_it_by_joins_the_map_when_it_gets_tags(service, files):
     """A LoRA for another base with no name, tags or description in the file has no view
     vector, so no point on the map; naming or tagging it gives it one at once."""
-    assert all(r.ok for r in service.upload(list(files.values())[:3]))
+    placed = service.upload(list(files.values())[:3])
+    assert all(r.ok and r.note is None for r in placed)  # on the map: nothing to say
     real = fixtures_dir() / "Krishna4311__Cloud-LoRA-Object-Removal__pytorch_lora_weights" \
                             ".safetensors"
-    slug = service.upload([real])[0].slug
+    report = service.upload([real])[0]
+    slug = report.slug
     if service.engine.base.family == "sd1":
         pytest.skip("the tiny base is sd1: the file is applied and rendered")
     assert slug not in {p.slug for p in service.atlas().points}
+    # the user is told why, and what to do, on the upload report and on the style's card
+    assert "not on the map" in report.note and "sd1" in report.note and "Edit" in report.note
+    assert report.note in service.style_card(slug).flags
     service.edit_style(slug, tags=["cloud", "removal"])
     assert slug in {p.slug for p in service.atlas().points}
+    assert not any("not on the map" in f for f in service.style_card(slug).flags)
 
 
 def test_recommendations_exclude_what_was_liked(service, files):

@@ -299,6 +299,12 @@ def test_report_rows_explain_duplicates():
     assert rows[1][1] == "accepted" and "near-duplicate" in rows[1][3]
 
 
+def test_report_rows_carry_the_note_of_an_accepted_file():
+    rows = views.report_rows([{"file": "xl.safetensors", "ok": True, "slug": "xl",
+                               "note": "not on the map: it is for sdxl"}])
+    assert rows[0][1] == "accepted" and rows[0][3] == "not on the map: it is for sdxl"
+
+
 def test_atlas_writes_no_label_over_another():
     points = [{"slug": s, "name": n, "x": x, "y": y, "cluster": 0}
               for s, n, x, y in [("a", "Alpha", 0.0, 0.0), ("b", "Beta", 0.01, 0.0),
