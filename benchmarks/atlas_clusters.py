@@ -1,11 +1,13 @@
 """Atlas clusters on the starter library: k-means in the PCA space against k-means on the map.
 
-The atlas colours its styles by cluster. Two rules, both k-means with k by the silhouette
+The atlas colours its styles by cluster. Three rules, all k-means with k by the silhouette
 over `AtlasConfig.k_range`, on the same style vectors (`StyleLibrary.style_vector`, the mean of
-each style's retrieval views) and the same 2-D map:
+each style's retrieval views):
 
-- `pca`: clusters in the 10-D PCA space the map is drawn from (the rule before this bench);
-- `map`: clusters on the 2-D map a person sees.
+- `pca, pulled`: clusters in the 10-D PCA space the map is drawn from, found first; the
+  t-SNE affinities within a cluster are doubled, so each is one region (the atlas's rule);
+- `pca`: the same clusters on the plain t-SNE map;
+- `map`: clusters on the 2-D t-SNE map a person sees (the rule before).
 
 Each partition is judged two ways:
 
@@ -17,6 +19,15 @@ Each partition is judged two ways:
    share of styles whose truly nearest style is in their own cluster, each against
    `--shuffles` random partitions of the same cluster sizes (mean, and the share of shuffles
    scoring as high: a p-value).
+
+And how steady each rule is, by the adjusted Rand index of its clusters against the full
+fit's (1 = the same partition, 0 = chance), with the k each refit picks:
+
+- *float noise*: the map refitted `--draws` times from the vectors plus Gaussian noise of 1e-7
+  (the size of the difference another thread count makes to the weights view; another CPU
+  makes such differences too). The same library should give the same groups everywhere;
+- *left one out*: refitted once per style left out, the others compared. A user whose library
+  gains or loses one style should not see the rest regroup.
 
     .venv/bin/python benchmarks/atlas_clusters.py [--scenes 48] [--shuffles 2000]
 """
@@ -34,7 +45,10 @@ from common import RESULTS, ground_truth, machine_line
 from styles.atlas import AtlasConfig, AtlasLayout, _silhouette
 
 RESULT = RESULTS / "atlas_clusters.md"
-SPACES = ("pca", "map")
+RULES = {"pca, pulled (the atlas's rule)": AtlasConfig(),
+         "pca": AtlasConfig(cluster_pull=0.0),
+         "map": AtlasConfig(cluster_space="map")}
+NOISE = 1e-7
 
 
 def starter_library(home: str):
@@ -77,10 +91,53 @@ def against_shuffles(score, d: np.ndarray, labels: np.ndarray, shuffles: int,
     return observed, float(null.mean()), float(np.mean(null >= observed - 1e-12))
 
 
+def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labelings of the same points (Hubert and Arabie, 1985)."""
+    _, a = np.unique(a, return_inverse=True)
+    _, b = np.unique(b, return_inverse=True)
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+    pairs = lambda x: float((x * (x - 1) / 2).sum())  # noqa: E731
+    both, rows, cols, total = pairs(table), pairs(table.sum(1)), pairs(table.sum(0)), \
+        len(a) * (len(a) - 1) / 2
+    expected = rows * cols / total
+    top = (rows + cols) / 2
+    return 1.0 if top == expected else (both - expected) / (top - expected)
+
+
+def leave_one_out(vectors: dict, tags: dict, config: AtlasConfig, labels: np.ndarray
+                  ) -> tuple[list[float], list[int]]:
+    """(ARI against the full fit, k) for each refit with one style left out."""
+    ids = sorted(vectors)
+    agreement, ks = [], []
+    for left in ids:
+        kept = [i for i in ids if i != left]
+        atlas = AtlasLayout.fit({i: vectors[i] for i in kept}, tags, config)
+        refit = np.array([atlas.point(i).cluster for i in kept])
+        agreement.append(adjusted_rand(labels[[ids.index(i) for i in kept]], refit))
+        ks.append(len(atlas.clusters))
+    return agreement, ks
+
+
+def under_noise(vectors: dict, tags: dict, config: AtlasConfig, labels: np.ndarray,
+                draws: int) -> tuple[list[float], list[int]]:
+    """(ARI against the full fit, k) for refits from the vectors plus noise of NOISE."""
+    ids = sorted(vectors)
+    agreement, ks = [], []
+    for draw in range(draws):
+        rng = np.random.default_rng(draw)
+        noisy = {i: vectors[i] + NOISE * rng.standard_normal(vectors[i].shape) for i in ids}
+        atlas = AtlasLayout.fit(noisy, tags, config)
+        agreement.append(adjusted_rand(labels, np.array([atlas.point(i).cluster for i in ids])))
+        ks.append(len(atlas.clusters))
+    return agreement, ks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=48)
     parser.add_argument("--shuffles", type=int, default=2000)
+    parser.add_argument("--draws", type=int, default=20, help="refits under float noise")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as home:
@@ -93,16 +150,19 @@ def main() -> None:
     looks = true_looks(ids, args.scenes, embedder)
     look_d = 1.0 - looks @ looks.T
     rows, sizes = [], {}
-    for space in SPACES:
-        atlas = AtlasLayout.fit(vectors, tags, AtlasConfig(cluster_space=space))
+    for rule, config in RULES.items():
+        atlas = AtlasLayout.fit(vectors, tags, config)
         labels = np.array([atlas.point(i).cluster for i in ids])
         xy = np.array([[atlas.point(i).x, atlas.point(i).y] for i in ids])
         map_d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1))
         rng = np.random.default_rng(0)
         sil = against_shuffles(_silhouette, look_d, labels, args.shuffles, rng)
         near = against_shuffles(nearest_agrees, look_d, labels, args.shuffles, rng)
-        rows.append((space, len(atlas.clusters), nearest_agrees(map_d, labels), sil, near))
-        sizes[space] = [(c.label, sorted(c.members)) for c in atlas.clusters]
+        steady = (under_noise(vectors, tags, config, labels, args.draws),
+                  leave_one_out(vectors, tags, config, labels))
+        rows.append((rule, len(atlas.clusters), nearest_agrees(map_d, labels), sil, near,
+                     steady))
+        sizes[rule] = [(c.label, sorted(c.members)) for c in atlas.clusters]
     write(rows, sizes, args, len(ids), time.perf_counter() - started)
 
 
@@ -111,29 +171,43 @@ def write(rows, sizes, args, n: int, seconds: float) -> None:
         "# Atlas clusters on the starter library: PCA space or the map", "",
         machine_line(),
         f"Command: `.venv/bin/python benchmarks/atlas_clusters.py --scenes {args.scenes} "
-        f"--shuffles {args.shuffles}` ({seconds:.0f} s, {datetime.now(UTC):%Y-%m-%d})", "",
+        f"--shuffles {args.shuffles} --draws {args.draws}` ({seconds:.0f} s, "
+        f"{datetime.now(UTC):%Y-%m-%d})", "",
         f"The {n} starter styles as a new user's library holds them; their atlas vectors (the "
-        "mean of each style's retrieval views) and map, as the app draws them. Both rules are "
-        "seeded k-means with k by the silhouette over 2–12. *Nearest on the map in its own "
-        "cluster*: share of styles whose nearest neighbour on the map shares its cluster. "
-        "*True look*: each style's exact ground-truth images of "
-        f"{args.scenes} world scenes through the starter open_clip image encoder, averaged "
-        "(neither rule sees it); the partition's silhouette under that cosine distance, and "
-        "the share of styles whose truly nearest style is in their cluster. Each true-look "
-        f"figure is shown beside its mean over {args.shuffles} random partitions of the same "
-        "cluster sizes, and p = the share of those scoring as high.", "",
-        "| clusters in | k | nearest on the map in its own cluster | true look: silhouette "
-        "(shuffled; p) | true look: nearest in its own cluster (shuffled; p) |",
-        "|---|---:|---:|---:|---:|",
+        "mean of each style's retrieval views) and map, as the app draws them. Every rule is "
+        "seeded k-means with k by the silhouette over 2–12: in the PCA space, found before "
+        "the layout (with the layout's affinities within a cluster doubled, *pulled*, or "
+        "not), or on the 2-D map. *Nearest on the map in its own cluster*: share of styles "
+        "whose nearest neighbour on the map shares its cluster. *True look*: each style's "
+        f"exact ground-truth images of {args.scenes} world scenes through the starter "
+        "open_clip image encoder, averaged (no rule sees it); the partition's silhouette under "
+        "that cosine distance, and the share of styles whose truly nearest style is in their "
+        f"cluster, each beside its mean over {args.shuffles} random partitions of the same "
+        "cluster sizes, and p = the share of those scoring as high (fewer, larger clusters "
+        f"score higher by chance). *Float noise*: {args.draws} refits from the vectors plus "
+        f"Gaussian noise of {NOISE:g}; *left one out*: {n} refits, each without one style. "
+        "Both give the adjusted Rand index of the clusters against the full fit's (mean, "
+        "lowest) and the k the refits pick.",
+        "",
+        "| clusters | k | nearest on the map in its own cluster | true look: silhouette "
+        "(shuffled; p) | true look: nearest in its own cluster (shuffled; p) | float noise: "
+        "ARI mean (lowest); k picked | left one out: ARI mean (lowest); k picked |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
-    for space, k, coherent, sil, near in rows:
-        lines.append(f"| {space} | {k} | {coherent:.2f} | {sil[0]:.3f} ({sil[1]:.3f}; "
-                     f"p={sil[2]:.3f}) | {near[0]:.2f} ({near[1]:.2f}; p={near[2]:.3f}) |")
-    for space in SPACES:
-        lines += ["", f"## Clusters in the {space} space" if space == "pca"
-                  else "## Clusters on the map (the atlas's rule)", ""]
+    for rule, k, coherent, sil, near, steady in rows:
+        cells = []
+        for agreement, ks in steady:
+            picked = ", ".join(f"{value} ×{ks.count(value)}" for value in sorted(set(ks)))
+            cells.append(f"{np.mean(agreement):.2f} ({min(agreement):.2f}); {picked}")
+        lines.append(f"| {rule} | {k} | {coherent:.2f} | {sil[0]:.3f} ({sil[1]:.3f}; "
+                     f"p={sil[2]:.3f}) | {near[0]:.2f} ({near[1]:.2f}; p={near[2]:.3f}) | "
+                     + " | ".join(cells) + " |")
+    for rule in RULES:
+        if rule == "pca":
+            continue  # the same clusters as the pulled rule: only the layout differs
+        lines += ["", f"## Clusters: {rule}", ""]
         lines += [f"- **{label}** ({len(members)}): {', '.join(members)}"
-                  for label, members in sizes[space]]
+                  for label, members in sizes[rule]]
     RESULT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

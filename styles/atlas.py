@@ -5,10 +5,13 @@ Pure numpy over the vectors it is handed (id → unit vector) and each style's t
 - layout: PCA to `pca_dims`, then an exact t-SNE in 2-D started from the PCA plane (so it is
   deterministic: no random start). Past `max_exact` styles, t-SNE runs on a seeded sample of
   landmarks and the rest are placed from their nearest landmarks, as `place` does.
-- clusters: seeded k-means on the 2-D map itself, k chosen by the silhouette over `k_range`,
-  so each cluster is a region of the picture a person sees (`cluster_space="pca"` clusters in
-  the PCA space instead: there the silhouette is nearly flat for a small library, and the
-  clusters it picks are scattered over the map; benchmarks/atlas_clusters.py compares both).
+- clusters: seeded k-means in the PCA space, k chosen by the silhouette over `k_range`, found
+  before the layout; the layout's t-SNE affinities within a cluster are raised by
+  `cluster_pull`, so each cluster is one region of the picture a person sees. Clustering the
+  2-D map itself (`cluster_space="map"`) is the older rule: t-SNE is chaotic, so noise of 1e-7
+  in the vectors (another thread count, another CPU) redraws the map and with it the clusters
+  (k anywhere from 2 to 10 on the starter library), while the PCA-space clusters do not move;
+  benchmarks/atlas_clusters.py compares both.
 - labels: each cluster's tags that are most over-represented in it compared to the whole atlas.
 - `place` adds a style without moving any other point: the weighted mean of its nearest
   neighbours' positions (by cosine) plus a small offset derived from its id, so duplicates do
@@ -27,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-JSON_VERSION = 2  # 2: config.cluster_space; centroids in that space
+JSON_VERSION = 3  # 2: config.cluster_space; centroids in that space. 3: PCA-space clusters
+# by default, and the layout pulled together within them (older caches are refitted on open)
 
 
 class AtlasError(Exception):
@@ -68,7 +72,9 @@ class AtlasConfig:
     exaggeration: float = 12.0
     max_exact: int = field(default=1500, metadata={"help": "t-SNE on at most this many points"})
     k_range: tuple[int, int] = field(default=(2, 12), metadata={"help": "clusters tried"})
-    cluster_space: str = field(default="map", metadata={"help": "k-means on 'map' or 'pca'"})
+    cluster_space: str = field(default="pca", metadata={"help": "k-means on 'pca' or 'map'"})
+    cluster_pull: float = field(default=1.0, metadata={
+        "help": "layout: affinities within a PCA-space cluster × (1 + this)"})
     silhouette_sample: int = 1000
     neighbours: int = field(default=5, metadata={"help": "neighbours averaged by place()"})
     temperature: float = field(default=0.05, metadata={"help": "cosine softmax in place()"})
@@ -79,6 +85,8 @@ class AtlasConfig:
     def __post_init__(self) -> None:
         if self.pca_dims < 2 or self.k_range[0] < 2 or self.k_range[1] < self.k_range[0]:
             raise ValueError("AtlasConfig: need pca_dims >= 2 and 2 <= k_range[0] <= k_range[1]")
+        if self.cluster_pull < 0:
+            raise ValueError(f"AtlasConfig: cluster_pull must be >= 0, not {self.cluster_pull}")
         if self.cluster_space not in ("map", "pca"):
             raise ValueError(f"AtlasConfig: cluster_space is 'map' or 'pca', not "
                              f"{self.cluster_space!r}")
@@ -160,10 +168,15 @@ def _affinities(z: np.ndarray, perplexity: float) -> np.ndarray:
     return np.maximum(p, 1e-12)
 
 
-def _tsne(z: np.ndarray, config: AtlasConfig) -> np.ndarray:
-    """Exact t-SNE (gradient descent with momentum and gains) started from the PCA plane."""
+def _tsne(z: np.ndarray, config: AtlasConfig, labels: np.ndarray | None = None
+          ) -> np.ndarray:
+    """Exact t-SNE (gradient descent with momentum and gains) started from the PCA plane;
+    with `labels`, the affinities within a cluster are raised by `config.cluster_pull`."""
     n = len(z)
     p = _affinities(z, config.perplexity)
+    if labels is not None and config.cluster_pull:
+        p = p * (1.0 + config.cluster_pull * (labels[:, None] == labels[None, :]))
+        p = p / p.sum()
     y = z[:, :2] / max(float(z[:, 0].std()), 1e-12) * 1e-4
     update, gains = np.zeros_like(y), np.ones_like(y)
     rate = max(n / config.exaggeration / 4.0, 50.0)
@@ -181,8 +194,8 @@ def _tsne(z: np.ndarray, config: AtlasConfig) -> np.ndarray:
     return y
 
 
-def _layout_2d(z: np.ndarray, vectors: np.ndarray, ids: Sequence[str], config: AtlasConfig
-               ) -> np.ndarray:
+def _layout_2d(z: np.ndarray, vectors: np.ndarray, ids: Sequence[str], config: AtlasConfig,
+               labels: np.ndarray | None = None) -> np.ndarray:
     """2-D positions: t-SNE on ≤ max_exact landmarks, the others placed from the landmarks."""
     n = len(z)
     if n < 5:  # too few for neighbourhoods: the PCA plane
@@ -190,11 +203,11 @@ def _layout_2d(z: np.ndarray, vectors: np.ndarray, ids: Sequence[str], config: A
         y[:, : min(2, z.shape[1])] = z[:, :2]
         return _normalise(y)
     if n <= config.max_exact:
-        return _normalise(_tsne(z, config))
+        return _normalise(_tsne(z, config, labels))
     rng = np.random.default_rng(config.seed)
     marks = np.sort(rng.choice(n, config.max_exact, replace=False))
     y = np.zeros((n, 2))
-    y[marks] = _normalise(_tsne(z[marks], config))
+    y[marks] = _normalise(_tsne(z[marks], config, None if labels is None else labels[marks]))
     spacing = _spacing(y[marks])
     rest = np.setdiff1d(np.arange(n), marks)
     for start in range(0, len(rest), 1024):
@@ -398,10 +411,15 @@ class AtlasLayout:
         # 2. PCA to a few dimensions (denoises, and the t-SNE start)
         mean, comps = _pca(matrix, min(cfg.pca_dims, matrix.shape[1], max(len(ids) - 1, 1)))
         z = (matrix - mean) @ comps.T
-        # 3. 2-D layout
-        xy = _layout_2d(z, matrix, ids, cfg)
-        # 4. clusters, k by silhouette, on the map (or in the PCA space)
-        labels, centroids = _clusters(xy if cfg.cluster_space == "map" else z, cfg)
+        # 3. clusters, k by silhouette, in the PCA space: before the layout, which is chaotic
+        #    and must not decide them
+        labels = centroids = None
+        if cfg.cluster_space == "pca":
+            labels, centroids = _clusters(z, cfg)
+        # 4. 2-D layout (each PCA-space cluster pulled into one region)
+        xy = _layout_2d(z, matrix, ids, cfg, labels)
+        if labels is None:  # the older rule: clusters on the map
+            labels, centroids = _clusters(xy, cfg)
         # 5. keep everything; label clusters from tags
         atlas._ids, atlas._row = ids, {s: i for i, s in enumerate(ids)}
         atlas._vectors, atlas._xy, atlas._cluster = matrix, xy, labels
