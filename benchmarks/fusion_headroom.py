@@ -12,6 +12,9 @@ held-out 2- and 3-style prompts under a family of such choices, most the same fo
   the steps (*windows*), or joins at its share and stays (*joining*);
 - per-LoRA UNet levels by the same order (*blocks by frequency*: the most low-frequency LoRA
   kept off the finest level, the most high-frequency one off the coarsest, or each kept to one);
+- element-wise merges that resolve interference between the LoRAs' deltas before summing
+  (TIES, DARE, magnitude pruning, from PEFT's `merge_utils`, as `add_weighted_adapter` uses
+  them), each merged delta factored exactly (SVD) into one adapter;
 and reports each choice, plus the *hindsight oracle*: a prompt counts as solved when any of
 those choices solves it (a per-prompt choice no gate network could beat within this family,
 since it is picked after seeing the judges' verdict). One row changes the prompt instead of
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import time
@@ -41,9 +45,11 @@ import numpy as np
 import torch
 from common import RESULTS, machine_line
 from fusion_quality import SEED, Bench, cases, held_out_sets
+from peft.utils import merge_utils
 
 from fusion.engine import LoraUse
 from fusion.frequency import high_frequency_score
+from styles.lora import LoraFile, LoraModule
 
 WEIGHTS = {"merge (flat 1.0)": 1.0, "flat 0.7": 0.7, "flat 1.3": 1.3}
 SCHEDULES = {"late start 0→1→1": [0, 1, 1], "late start 0.3→1→1": [0.3, 1, 1],
@@ -64,6 +70,18 @@ BANDS = {"blocks by frequency, soft": "soft", "blocks by frequency, hard": "hard
 LEVELS = {0: ("down_blocks.0.", "up_blocks.2."), 1: ("down_blocks.1.", "up_blocks.1."),
           2: ("down_blocks.2.", "mid_block.", "up_blocks.0.")}
 PLAIN_PROMPT = "merge on the plain caption (no style words)"
+# element-wise merges of the deltas (method, density, weight of each LoRA): TIES trims each
+# delta to its largest entries, elects a sign per entry and averages the entries that agree
+# (so its scale is one LoRA's, not the sum's: hence the 1.5 rows); DARE drops entries at random
+# and rescales the rest; magnitude pruning trims, then sums
+MERGES = {"task arithmetic (the sum as one adapter: merge again)": ("task_arithmetic", 1.0, 1.0),
+          "TIES, density 0.2": ("ties", 0.2, 1.0), "TIES, density 0.5": ("ties", 0.5, 1.0),
+          "TIES, sign election only": ("ties", 1.0, 1.0),
+          "TIES, density 0.5, weight 1.5": ("ties", 0.5, 1.5),
+          "TIES, sign election only, weight 1.5": ("ties", 1.0, 1.5),
+          "magnitude pruning, density 0.5": ("magnitude_prune", 0.5, 1.0),
+          "DARE, density 0.5": ("dare_linear", 0.5, 1.0),
+          "DARE-TIES, density 0.5": ("dare_ties", 0.5, 1.0)}
 
 
 def band_levels(place: int, k: int, kind: str) -> set[int]:
@@ -93,6 +111,9 @@ def frequency_places(bench: Bench, styles: list[str], high_first: bool) -> dict[
 
 def uses_for(bench: Bench, case: dict, choice: str) -> tuple[list[LoraUse], str]:
     """The LoRAs of a case under one choice, and the mode that applies it."""
+    if choice in MERGES:
+        merged = merged_lora([bench.loras[s][0] for s in case["styles"]], *MERGES[choice])
+        return [LoraUse(merged, "+".join(case["styles"]), 1.0)], "merge"
     uses = []
     if choice in STAGGERED:
         kind, high_first = STAGGERED[choice]
@@ -115,6 +136,30 @@ def uses_for(bench: Bench, case: dict, choice: str) -> tuple[list[LoraUse], str]
         uses.append(LoraUse(lora, slug, weight, step_weights=schedule, frequency=frequency))
     # step weights are a user schedule: gated runs them exactly, with no learned gates
     return uses, "gated" if choice in SCHEDULES or choice in STAGGERED else "merge"
+
+
+def merged_lora(loras: list[LoraFile], method: str, density: float,
+                weight: float) -> LoraFile:
+    """One adapter holding an element-wise merge of the LoRAs' deltas, module by module,
+    factored exactly by SVD (rank up to the sum of theirs; a sum of deltas gives merge back)."""
+    torch.manual_seed(0)  # DARE's random drops, the same for every run
+    modules = {}
+    for target in sorted(set().union(*(lora.modules for lora in loras))):
+        present = [lora.modules[target] for lora in loras if target in lora.modules]
+        weights = torch.full((len(present),), weight)
+        density_arg = () if method == "task_arithmetic" else (density,)
+        delta = getattr(merge_utils, method)([m.delta() for m in present], weights, *density_arg)
+        first = present[0]
+        u, s, vh = torch.linalg.svd(delta.reshape(first.out_features, -1), full_matrices=False)
+        rank = max(1, int((s > s[0] * 1e-4).sum())) if s[0] > 0 else 1
+        down, up = vh[:rank].contiguous(), (u[:, :rank] * s[:rank]).contiguous()
+        if first.kind == "conv":
+            down = down.reshape(rank, first.in_features, *first.kernel_size)
+            up = up.reshape(first.out_features, rank, 1, 1)
+        modules[target] = LoraModule(target, first.kind, down, up)
+    name = f"{method}-{density}-{weight}-" + "-".join(lora.sha256 for lora in loras)
+    return dataclasses.replace(loras[0], modules=modules,
+                               sha256=hashlib.sha256(name.encode()).hexdigest())
 
 
 def _in_levels(levels: set[int]):
@@ -164,7 +209,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.time()
     bench = Bench(args.steps, "fused")
-    known = [*WEIGHTS, *SCHEDULES, *MODULES, *STAGGERED, *BANDS, PLAIN_PROMPT]
+    known = [*WEIGHTS, *SCHEDULES, *MODULES, *STAGGERED, *BANDS, *MERGES, PLAIN_PROMPT]
     choices = known
     if args.choices:
         choices = [c.strip() for c in args.choices.split(";")]
@@ -205,10 +250,11 @@ def write(args, rows: dict, minutes: float) -> None:
         f"and {args.per_k} three-style prompts from held-out style sets; starter LoRAs, "
         f"{args.steps} DPM-Solver steps, guidance 2, 64×64). Each row applies one choice to "
         "every LoRA of the prompt (the same to each, but for the staggered rows, whose order "
-        "follows the LoRAs' frequency profiles); *success* = every requested style detected "
-        "and the content right. The oracle counts a prompt as solved when any weighting row "
-        "solves it, chosen after seeing the verdicts: no gate network choosing among these "
-        "could do better.", "",
+        "follows the LoRAs' frequency profiles, and the element-wise merges, "
+        "which combine the LoRAs' deltas entry by entry into one adapter); *success* = every "
+        "requested style detected and the content right. The oracle counts a prompt as solved "
+        "when any weighting row solves it, chosen after seeing the verdicts: no gate network "
+        "choosing among these could do better.", "",
         "| choice | 2 styles: success | all styles | content | 3 styles: success | all styles "
         "| content |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, figures in table:
