@@ -231,11 +231,11 @@ class StyleLibrary:
         entry = self.catalog.get(style_id)
         if self.applicable(entry):
             return ("not on the map: Loratlas found nothing to place it by (no probe images, "
-                    "weights view or metadata); add tags or a description (Edit)")
+                    "weights view or metadata); edit the style to give it tags or a description")
         return (f"not on the map: it is for {_family_words(entry.family)}, so Loratlas neither "
                 "renders it nor reads its weights, and its file gives no name, tags or "
-                "description to place it by; add tags or a description (Edit) and it joins "
-                "the map")
+                "description to place it by; edit the style to give it tags or a description "
+                "and it joins the map")
 
     # -- ingest ----------------------------------------------------------------------------
     def ingest(self, path: Path, source: str = "upload", display_name: str | None = None,

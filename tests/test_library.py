@@ -175,7 +175,7 @@ def test_a_style_with_nothing_to_place_it_by_joins_the_map_when_it_gets_tags(ser
         pytest.skip("the tiny base is sd1: the file is applied and rendered")
     assert slug not in {p.slug for p in service.atlas().points}
     # the user is told why, and what to do, on the upload report and on the style's card
-    assert "not on the map" in report.note and "sd1" in report.note and "Edit" in report.note
+    assert all(words in report.note for words in ("not on the map", "sd1", "edit the style"))
     assert report.note in service.style_card(slug).flags
     service.edit_style(slug, tags=["cloud", "removal"])
     assert slug in {p.slug for p in service.atlas().points}
