@@ -10,7 +10,7 @@ Pure numpy over the vectors it is handed (id → unit vector) and each style's t
   `cluster_pull`, so each cluster is one region of the picture a person sees. Clustering the
   2-D map itself (`cluster_space="map"`) is the older rule: t-SNE is chaotic, so noise of 1e-7
   in the vectors (another thread count, another CPU) redraws the map and with it the clusters
-  (k anywhere from 2 to 10 on the starter library), while the PCA-space clusters do not move;
+  (k from 2 to 9 over 20 draws on the starter library), while the PCA-space clusters stay;
   benchmarks/atlas_clusters.py compares both.
 - labels: each cluster's tags that are most over-represented in it compared to the whole atlas.
 - `place` adds a style without moving any other point: the weighted mean of its nearest
