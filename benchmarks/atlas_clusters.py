@@ -105,32 +105,31 @@ def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if top == expected else (both - expected) / (top - expected)
 
 
-def leave_one_out(vectors: dict, tags: dict, config: AtlasConfig, labels: np.ndarray
-                  ) -> tuple[list[float], list[int]]:
-    """(ARI against the full fit, k) for each refit with one style left out."""
-    ids = sorted(vectors)
+def refits(variants, tags: dict, config: AtlasConfig, labels: dict[str, int]
+           ) -> tuple[list[float], list[int]]:
+    """(ARI against the full fit's `labels`, k) of a fit of each variant of the vectors."""
     agreement, ks = [], []
-    for left in ids:
-        kept = [i for i in ids if i != left]
-        atlas = AtlasLayout.fit({i: vectors[i] for i in kept}, tags, config)
-        refit = np.array([atlas.point(i).cluster for i in kept])
-        agreement.append(adjusted_rand(labels[[ids.index(i) for i in kept]], refit))
+    for vectors in variants:
+        atlas = AtlasLayout.fit(vectors, tags, config)
+        ids = sorted(vectors)
+        agreement.append(adjusted_rand(np.array([labels[i] for i in ids]),
+                                       np.array([atlas.point(i).cluster for i in ids])))
         ks.append(len(atlas.clusters))
     return agreement, ks
 
 
-def under_noise(vectors: dict, tags: dict, config: AtlasConfig, labels: np.ndarray,
-                draws: int) -> tuple[list[float], list[int]]:
-    """(ARI against the full fit, k) for refits from the vectors plus noise of NOISE."""
-    ids = sorted(vectors)
-    agreement, ks = [], []
+def left_one_out(vectors: dict):
+    """The vectors without each style in turn."""
+    for left in sorted(vectors):
+        yield {i: v for i, v in vectors.items() if i != left}
+
+
+def with_noise(vectors: dict, draws: int):
+    """The vectors plus Gaussian noise of NOISE, one seeded draw at a time."""
     for draw in range(draws):
         rng = np.random.default_rng(draw)
-        noisy = {i: vectors[i] + NOISE * rng.standard_normal(vectors[i].shape) for i in ids}
-        atlas = AtlasLayout.fit(noisy, tags, config)
-        agreement.append(adjusted_rand(labels, np.array([atlas.point(i).cluster for i in ids])))
-        ks.append(len(atlas.clusters))
-    return agreement, ks
+        yield {i: vectors[i] + NOISE * rng.standard_normal(vectors[i].shape)
+               for i in sorted(vectors)}
 
 
 def main() -> None:
@@ -158,8 +157,9 @@ def main() -> None:
         rng = np.random.default_rng(0)
         sil = against_shuffles(_silhouette, look_d, labels, args.shuffles, rng)
         near = against_shuffles(nearest_agrees, look_d, labels, args.shuffles, rng)
-        steady = (under_noise(vectors, tags, config, labels, args.draws),
-                  leave_one_out(vectors, tags, config, labels))
+        by_id = dict(zip(ids, labels, strict=True))
+        steady = (refits(with_noise(vectors, args.draws), tags, config, by_id),
+                  refits(left_one_out(vectors), tags, config, by_id))
         rows.append((rule, len(atlas.clusters), nearest_agrees(map_d, labels), sil, near,
                      steady))
         sizes[rule] = [(c.label, sorted(c.members)) for c in atlas.clusters]

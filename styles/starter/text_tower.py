@@ -136,6 +136,7 @@ def share_text_tower(clip_dir: Path, text_encoder_dir: Path) -> bool:
     with safe_open(str(weights), "pt") as handle:
         if config.get("text_tower") and not any(map(is_text_tower_key, handle.keys())):
             return False
+        metadata = handle.metadata()
     state = load_file(str(weights))
     encoder = text_encoder_dir / TEXT_ENCODER_FILE
     tower = transformers_to_open_clip(load_file(str(encoder)))
@@ -151,8 +152,6 @@ def share_text_tower(clip_dir: Path, text_encoder_dir: Path) -> bool:
     os.replace(tmp, clip_dir / CLIP_CONFIG_FILE)
     rest = {k: v.contiguous() for k, v in state.items() if not is_text_tower_key(k)}
     tmp = clip_dir / f".{CLIP_WEIGHTS_FILE}.tmp"
-    with safe_open(str(weights), "pt") as handle:
-        metadata = handle.metadata()
     save_file(rest, str(tmp), metadata=metadata)
     os.chmod(tmp, weights.stat().st_mode & 0o777)
     os.replace(tmp, weights)
